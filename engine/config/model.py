@@ -1,0 +1,146 @@
+"""Typed configuration: what `engine.config.load` produces and the runtime consumes.
+
+Everything here is already validated (schema and semantic rules) and has `${ENV}` references
+resolved; durations are seconds as floats. Each object keeps the `Pos` of the YAML node it came
+from so that later errors (a step failing at run time, `engine test`) can still name
+file:line:column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+AckPolicy = Literal["commit", "processed", "delivered"]
+MissingPolicy = Literal["error", "keep", "default"]
+
+
+@dataclass(frozen=True)
+class Pos:
+    """Where a configuration value was written: 1-based line and column."""
+
+    file: Path
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class MllpListenerConfig:
+    port: int
+    host: str = "127.0.0.1"
+    max_message_bytes: int = 10 * 1024 * 1024
+    idle_timeout: float = 300.0
+    max_connections: int = 512
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    name: str
+    mllp: MllpListenerConfig
+    pos: Pos
+    ack: AckPolicy = "processed"
+    # How long the `delivered` policy waits for the destinations before answering AE.
+    ack_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff: delay n (1-based) = min(first * factor**(n-1), max) ± jitter."""
+
+    attempts: int = 5
+    first: float = 1.0
+    max: float = 16.0
+    factor: float = 2.0
+    jitter: float = 0.2  # fraction of the delay, drawn uniformly from [-jitter, +jitter]
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    """One destination of a channel. `kind` names the registered destination type
+    (`mllp`, `file`, ...) and `options` are its validated, env-resolved settings."""
+
+    name: str
+    channel: str
+    kind: str
+    options: dict[str, Any]
+    pos: Pos
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    order_by: str | None = None  # field path; None = one strict FIFO lane
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A filter condition tree. `op` is one of the field tests
+    (`equals`, `in`, `not_in`, `exists`, `matches`) with `field` and `value`,
+    or a combinator (`all`, `any`, `not`) with `children`."""
+
+    op: str
+    pos: Pos
+    field: str | None = None
+    value: Any = None
+    children: tuple[Condition, ...] = ()
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One channel step as written: `kind` is the registered step name (`set`, `map`, ...),
+    `args` its validated arguments. The pipeline compiles it with the step registry."""
+
+    kind: str
+    args: Any
+    pos: Pos
+    index: int  # 1-based position in the channel's steps list
+
+
+@dataclass(frozen=True)
+class ChannelTest:
+    name: str
+    input: Path  # resolved against the configuration root
+    pos: Pos
+    # destination name -> {field path -> expected value}
+    expect: dict[str, dict[str, str]] = field(default_factory=dict)
+    # expected overall outcome: "delivered" (default when expect is given), "filtered", "error"
+    outcome: str | None = None
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    name: str
+    file: Path
+    pos: Pos
+    description: str = ""
+    accept_types: tuple[str, ...] = ()  # "SIU^S12"; empty = accept every type
+    filter: Condition | None = None
+    steps: tuple[StepSpec, ...] = ()
+    destinations: tuple[DestinationConfig, ...] = ()
+    dedupe_window: float = 86400.0  # seconds; 0 turns duplicate detection off
+    tests: tuple[ChannelTest, ...] = ()
+
+
+@dataclass(frozen=True)
+class Table:
+    """A mapping table: row key -> {column -> value}."""
+
+    name: str
+    file: Path
+    rows: dict[str, dict[str, Any]]
+    columns: frozenset[str]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    root: Path  # the folder holding routes.yaml; channels/ and transforms/ are beside it
+    routes_file: Path
+    store: str  # "sqlite:/absolute/path.db" after resolution against root
+    listeners: dict[str, ListenerConfig]
+    routes: dict[str, tuple[str, ...]]  # listener name -> channel names, in order
+    channels: dict[str, ChannelConfig]
+    tables: dict[str, Table]
+
+    @property
+    def transforms_dir(self) -> Path:
+        return self.root / "transforms"

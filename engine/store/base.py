@@ -1,0 +1,234 @@
+"""The Store protocol: what the engine needs from durable storage, and its row types.
+
+SQLite (`engine.store.sqlite`) is the embedded default; a PostgreSQL store will implement the
+same protocol and pass the same tests. Rules every implementation keeps:
+
+- `ingest` is durable when it returns (the message, its channel results and its queued
+  deliveries are committed in one transaction); callers acknowledge only after it returns.
+- Writes from many connections share commits (group commit); a caller never waits for more
+  than the commit that carries its own rows.
+- Times are unix seconds (float, UTC). Ids are integers assigned by the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+MessageStatus = Literal["processed", "error", "rejected", "duplicate"]
+ResultStatus = Literal["ok", "filtered", "error", "duplicate"]
+DeliveryStatus = Literal["queued", "sent", "failed", "discarded"]
+AttemptOutcome = Literal["sent", "retry", "failed"]
+
+
+@dataclass(frozen=True)
+class MessageKeys:
+    """What people search by, extracted at intake."""
+
+    sender: str = ""  # MSH-3.1
+    facility: str = ""  # MSH-4.1
+    control_id: str = ""  # MSH-10
+    message_type: str = ""  # "SIU^S12"
+    version: str = ""  # MSH-12
+    patient_ids: tuple[str, ...] = ()  # PID-3.1 of every repetition
+    appointment_ids: tuple[str, ...] = ()  # SCH-1.1, SCH-2.1 (non-empty ones)
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    received_at: float
+    listener: str  # listener name, or "cli" / "replay"
+    content_type: str  # "application/hl7-v2" or "application/fhir+json"
+    charset: str  # python codec name used to decode raw
+    raw: bytes  # exactly as received
+    keys: MessageKeys
+    status: MessageStatus
+    ack_code: str  # AA / AE / AR, or "" when no ACK applies
+    ack: bytes  # the ACK sent (encoded), stored so a duplicate gets it again
+    error: str = ""  # why it was rejected, when status is "rejected"
+    replay_of: int | None = None
+    duplicate_of: int | None = None
+
+
+@dataclass(frozen=True)
+class NewChannelResult:
+    channel: str
+    status: ResultStatus
+    output: bytes = b""  # transformed content (what the destinations get)
+    error: str = ""
+    error_step: str = ""  # e.g. "steps[2] map"
+    error_location: str = ""  # e.g. "SCH-7.1"
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    channel: str
+    destination: str
+    lane: str  # order_by key value; "" = the destination's single lane
+    payload: bytes
+    next_attempt_at: float
+
+
+@dataclass(frozen=True)
+class Ingest:
+    message: NewMessage
+    results: tuple[NewChannelResult, ...] = ()
+    deliveries: tuple[NewDelivery, ...] = ()
+
+
+@dataclass(frozen=True)
+class Ingested:
+    message_id: int
+    delivery_ids: tuple[int, ...]  # same order as Ingest.deliveries
+
+
+@dataclass(frozen=True)
+class DuplicateHit:
+    message_id: int
+    received_at: float
+    ack: bytes
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    message_id: int
+    channel: str
+    destination: str
+    lane: str
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: float
+    payload: bytes
+    created_at: float
+    updated_at: float
+    last_code: str = ""
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try of one delivery, and what the destination said."""
+
+    delivery_id: int
+    number: int  # 1-based
+    started_at: float
+    latency: float  # seconds
+    outcome: AttemptOutcome
+    code: str = ""  # ACK code (AA/AE/AR) or HTTP status
+    response: bytes = b""
+    error: str = ""
+    # the delivery's state after this attempt
+    next_attempt_at: float | None = None  # set when outcome == "retry"
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    id: int
+    received_at: float
+    listener: str
+    content_type: str
+    charset: str
+    keys: MessageKeys
+    status: MessageStatus
+    ack_code: str
+    error: str
+    replay_of: int | None
+    duplicate_of: int | None
+    size: int
+
+
+@dataclass(frozen=True)
+class ChannelResultRow:
+    id: int
+    message_id: int
+    channel: str
+    status: ResultStatus
+    output: bytes
+    error: str
+    error_step: str
+    error_location: str
+
+
+@dataclass(frozen=True)
+class MessageDetail:
+    message: MessageRow
+    raw: bytes
+    ack: bytes
+    results: tuple[ChannelResultRow, ...]
+    deliveries: tuple[Delivery, ...]
+    attempts: tuple[Attempt, ...]
+    replays: tuple[int, ...]  # ids of messages that replay this one
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    status: str | None = None
+    channel: str | None = None  # has a result for this channel
+    destination: str | None = None  # has a delivery to this destination
+    delivery_status: str | None = None  # with destination (or alone): deliveries in this status
+    since: float | None = None
+    until: float | None = None
+    control_id: str | None = None
+    patient_id: str | None = None
+    appointment_id: str | None = None
+    message_type: str | None = None
+    limit: int = 100
+    before_id: int | None = None  # paging: only ids below this (newest first)
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    commits: int = 0
+    rows: int = 0
+    commit_seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Create or migrate the schema and start the writer."""
+
+    async def close(self) -> None:
+        """Flush pending writes and close."""
+
+    async def ingest(self, item: Ingest) -> Ingested:
+        """Commit a message with its channel results and queued deliveries, all or nothing."""
+
+    async def find_duplicate(
+        self, sender: str, control_id: str, since: float
+    ) -> DuplicateHit | None:
+        """The newest non-duplicate message with this MSH-3 and MSH-10 received at or after
+        `since`, including ones whose `ingest` has not returned yet."""
+
+    async def record_attempt(self, attempt: Attempt) -> None:
+        """Store an attempt and move its delivery: sent / failed / queued for `next_attempt_at`."""
+
+    async def claim_queued(self, destinations: list[str], limit: int) -> list[Delivery]:
+        """Queued deliveries of these destinations that no runner holds yet, oldest first,
+        now marked as held by this runner. New deliveries from `ingest` are held already."""
+
+    async def release_claims(self) -> int:
+        """At start-up: every queued delivery becomes claimable again (the previous process
+        is gone, so whatever it held resumes here). Returns how many."""
+
+    async def requeue(self, delivery_ids: list[int]) -> int:
+        """Failed deliveries back to queued and claimable (an operator's retry); returns count."""
+
+    async def requeue_failed(self, destination: str) -> int:
+        """Every failed delivery of a destination back to queued, keeping their order."""
+
+    async def discard(self, delivery_ids: list[int]) -> int:
+        """Failed or queued deliveries to `discarded`; returns count."""
+
+    async def search(self, flt: MessageFilter) -> list[MessageRow]:
+        """Messages matching the filter, newest first."""
+
+    async def get(self, message_id: int) -> MessageDetail | None: ...
+
+    async def deliveries(
+        self, destination: str | None = None, status: str | None = None, limit: int = 1000
+    ) -> list[Delivery]:
+        """Deliveries in id (= arrival) order."""
+
+    def stats(self) -> StoreStats: ...
