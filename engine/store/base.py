@@ -74,6 +74,9 @@ class Ingest:
     message: NewMessage
     results: tuple[NewChannelResult, ...] = ()
     deliveries: tuple[NewDelivery, ...] = ()
+    # True: this process sends the deliveries itself (born claimed). False: another process
+    # (`engine replay` from the CLI) leaves them for the running engine to claim.
+    claimed: bool = True
 
 
 @dataclass(frozen=True)

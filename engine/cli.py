@@ -1,0 +1,188 @@
+"""The `engine` command: argument parsing and dispatch to engine.commands.
+
+`engine run | check | test | send | messages | show | replay | retry | fake-ehr | bench`.
+Every command takes `--config PATH` (default routes.yaml in the current directory);
+channels/ and transforms/ are found beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from engine.commands.common import CommandError, fail, load_config, open_for
+from engine.commands.inspect import add_filters
+
+T = TypeVar("T")
+
+
+def _run_async(main: Callable[[], Awaitable[T]]) -> T:
+    try:
+        import uvloop
+
+        return uvloop.run(main())  # type: ignore[no-any-return]
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(main())  # type: ignore[arg-type]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="engine", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version="engine 0.1.0")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument(
+            "--config",
+            type=Path,
+            default=Path("routes.yaml"),
+            help="routes.yaml (default: ./routes.yaml)",
+        )
+        return p
+
+    p = command("run", "start the engine on a configuration")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    command("check", "validate the configuration; print every problem as file:line:column")
+    command("test", "run every channel's tests offline")
+
+    p = command("send", "send HL7 files over MLLP and print each ACK")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=2575)
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each ACK")
+
+    p = command("messages", "search stored messages (newest first)")
+    add_filters(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--store", help="store URL (default: the one in the configuration)")
+
+    p = command("show", "show a message: raw, channel results, deliveries, attempts")
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--store")
+
+    p = command("replay", "run stored messages through the channels again and deliver")
+    p.add_argument("ids", nargs="*", type=int, metavar="ID")
+    add_filters(p)
+    p.set_defaults(limit=0)
+    p.add_argument("--to", metavar="DESTINATION", help="deliver only to this destination")
+    p.add_argument("--dry-run", action="store_true", help="print what would be sent where")
+
+    p = command("retry", "send failed deliveries again (one, several, or a destination's)")
+    p.add_argument("delivery_ids", nargs="*", type=int, metavar="DELIVERY_ID")
+    p.add_argument("--destination", help="every failed delivery of this destination")
+    p.add_argument("--store")
+
+    p = command("fake-ehr", "a fake MLLP EHR: ACKs what it receives and prints it")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=6661)
+    p.add_argument(
+        "--mode", default="aa", choices=["aa", "ae", "ar", "timeout", "drop", "wrong-id"]
+    )
+    p.add_argument("--quiet", action="store_true", help="count messages, do not print them")
+
+    p = command("bench", "measure the engine end to end on the example channel")
+    p.add_argument("--messages", type=int, default=20000)
+    p.add_argument("--connections", type=int, default=8)
+    p.add_argument(
+        "--skip-baseline", action="store_true", help="do not measure the bare hl7.mllp echo server"
+    )
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except CommandError as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    config_path: Path = args.config
+    if args.command == "check":
+        from engine.config import run_check
+
+        return run_check(config_path, sys.stdout)
+    if args.command == "run":
+        _setup_logging(args.log_level)
+        from engine.runtime.engine import Engine
+
+        engine = Engine(load_config(config_path))
+        _run_async(engine.run_until_signalled)
+        return 0
+    if args.command == "test":
+        return _channel_tests(config_path)
+    if args.command == "send":
+        from engine.commands.send import send_files
+
+        return _run_async(lambda: send_files(args.files, args.host, args.port, args.timeout))
+    if args.command == "fake-ehr":
+        from engine.testing.fake_ehr import run as run_fake_ehr
+
+        def quiet(line: str) -> None:
+            return None
+
+        _run_async(
+            lambda: run_fake_ehr(
+                args.port, args.host, args.mode, write=quiet if args.quiet else print
+            )
+        )
+        return 0
+    if args.command == "bench":
+        from engine.bench import run_bench
+
+        return run_bench(args.messages, args.connections, not args.skip_baseline, args.json)
+    return _run_async(lambda: _store_command(args))
+
+
+async def _store_command(args: argparse.Namespace) -> int:
+    from engine.commands import inspect, operate
+
+    config = load_config(args.config) if args.command == "replay" else None
+    store = await open_for(args.config, getattr(args, "store", None))
+    try:
+        if args.command == "messages":
+            return await inspect.messages(store, args)
+        if args.command == "show":
+            return await inspect.show(store, args.id, args.json)
+        if args.command == "replay":
+            assert config is not None
+            return await operate.replay(store, config, args)
+        if args.command == "retry":
+            return await operate.retry(store, args)
+        raise CommandError(f"unknown command {args.command}")
+    finally:
+        await store.close()
+
+
+def _channel_tests(config_path: Path) -> int:
+    from engine.pipeline.channel_tests import run_all
+    from engine.runtime.engine import compile_config
+
+    config = load_config(config_path)
+    results = run_all(config, compile_config(config))
+    for result in results:
+        mark = "PASS" if result.passed else "FAIL"
+        print(f"{mark} {result.channel}: {result.test.name}")
+        for problem in result.problems:
+            print(f"  {result.test.pos}: {problem}")
+    failed = sum(not r.passed for r in results)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0

@@ -1,0 +1,1 @@
+"""The operator commands behind `engine ...`, one module per group (cli.py only parses)."""

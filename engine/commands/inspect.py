@@ -1,0 +1,189 @@
+"""`engine messages` (search the store) and `engine show ID` (the whole story of one message)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any, TextIO
+
+from engine.commands.output import dump_json, segments, table, when
+from engine.store.base import MessageDetail, MessageFilter, MessageRow, Store
+
+
+def parse_time(text: str) -> float:
+    """ISO date/time (local time unless it says otherwise) or a relative `-2h`, `-30m`, `-1d`."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text.startswith("-") and text[-1:] in units and text[1:-1].isdigit():
+        return datetime.now().timestamp() - int(text[1:-1]) * units[text[-1]]
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO date/time like 2026-11-21T09:30 or a relative time like -2h, "
+            f"got '{text}'"
+        ) from exc
+
+
+def add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--status", choices=["processed", "error", "rejected", "duplicate"])
+    parser.add_argument("--channel")
+    parser.add_argument("--destination")
+    parser.add_argument("--delivery-status", choices=["queued", "sent", "failed", "discarded"])
+    parser.add_argument("--since", type=parse_time, help="ISO time or -2h / -30m / -1d")
+    parser.add_argument("--until", type=parse_time)
+    parser.add_argument("--control-id")
+    parser.add_argument("--patient-id")
+    parser.add_argument("--appointment-id")
+    parser.add_argument("--type", dest="message_type", help="e.g. SIU^S12")
+    parser.add_argument("--limit", type=int, default=100)
+
+
+def message_filter(args: argparse.Namespace, limit: int | None = None) -> MessageFilter:
+    return MessageFilter(
+        status=args.status,
+        channel=args.channel,
+        destination=args.destination,
+        delivery_status=args.delivery_status,
+        since=args.since,
+        until=args.until,
+        control_id=args.control_id,
+        patient_id=args.patient_id,
+        appointment_id=args.appointment_id,
+        message_type=args.message_type,
+        limit=limit if limit is not None else args.limit,
+    )
+
+
+def _row_json(row: MessageRow) -> dict[str, Any]:
+    data = asdict(row)
+    data["received"] = when(row.received_at)
+    return data
+
+
+async def messages(store: Store, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    rows = await store.search(message_filter(args))
+    details = [await store.get(r.id) for r in rows]
+    deliveries = {
+        d.message.id: " ".join(f"{x.destination}:{x.status}" for x in d.deliveries)
+        for d in details
+        if d is not None
+    }
+    if args.json:
+        dump_json([{**_row_json(r), "deliveries": deliveries.get(r.id, "")} for r in rows], out)
+        return 0
+    table(
+        ["ID", "RECEIVED", "LISTENER", "TYPE", "CONTROL ID", "STATUS", "ACK", "DELIVERIES"],
+        [
+            (
+                r.id,
+                when(r.received_at),
+                r.listener,
+                r.keys.message_type,
+                r.keys.control_id,
+                r.status
+                + (f" of {r.duplicate_of}" if r.duplicate_of else "")
+                + (f" (replay of {r.replay_of})" if r.replay_of else ""),
+                r.ack_code,
+                deliveries.get(r.id, ""),
+            )
+            for r in rows
+        ],
+        out,
+    )
+    if not rows:
+        out.write("(no messages match)\n")
+    return 0
+
+
+def _detail_json(detail: MessageDetail) -> dict[str, Any]:
+    codec = detail.message.charset or "utf-8"
+
+    def text(data: bytes) -> str:
+        return data.decode(codec, errors="replace")
+
+    return {
+        "message": _row_json(detail.message),
+        "raw": text(detail.raw),
+        "ack": text(detail.ack),
+        "results": [{**asdict(r), "output": text(r.output)} for r in detail.results],
+        "deliveries": [
+            {
+                **asdict(d),
+                "payload": text(d.payload),
+                "attempts": [
+                    {**asdict(a), "response": text(a.response)}
+                    for a in detail.attempts
+                    if a.delivery_id == d.id
+                ],
+            }
+            for d in detail.deliveries
+        ],
+        "replays": list(detail.replays),
+    }
+
+
+async def show(store: Store, message_id: int, as_json: bool, out: TextIO = sys.stdout) -> int:
+    detail = await store.get(message_id)
+    if detail is None:
+        sys.stderr.write(f"engine: no message {message_id}\n")
+        return 1
+    if as_json:
+        dump_json(_detail_json(detail), out)
+        return 0
+    m, codec = detail.message, detail.message.charset or "utf-8"
+    w = out.write
+    w(
+        f"message {m.id}  {m.keys.message_type}  control id {m.keys.control_id}  "
+        f"from {m.keys.sender}/{m.keys.facility}\n"
+    )
+    w(
+        f"  received {when(m.received_at)} on {m.listener}  status {m.status}  "
+        f"ACK {m.ack_code or '-'}  {m.size} bytes  charset {codec}\n"
+    )
+    if m.error:
+        w(f"  error: {m.error}\n")
+    if m.replay_of:
+        w(f"  replay of message {m.replay_of}\n")
+    if m.duplicate_of:
+        w(f"  duplicate of message {m.duplicate_of} (answered with its ACK, not processed)\n")
+    if detail.replays:
+        w(f"  replayed as: {', '.join(str(r) for r in detail.replays)}\n")
+    w("\nraw:\n")
+    for seg in segments(detail.raw, codec):
+        w(f"  {seg}\n")
+    if detail.ack:
+        w("\nACK sent:\n")
+        for seg in segments(detail.ack, codec):
+            w(f"  {seg}\n")
+    for result in detail.results:
+        w(f"\nchannel {result.channel}: {result.status}\n")
+        if result.error:
+            w(
+                f"  error in {result.error_step or '?'}"
+                f"{' at ' + result.error_location if result.error_location else ''}: "
+                f"{result.error}\n"
+            )
+        if result.output:
+            w("  output:\n")
+            for seg in segments(result.output, codec):
+                w(f"    {seg}\n")
+    for delivery in detail.deliveries:
+        w(
+            f"\ndelivery {delivery.id} to {delivery.destination} ({delivery.channel}): "
+            f"{delivery.status}, {delivery.attempts} attempt(s)"
+            f"{', lane ' + delivery.lane if delivery.lane else ''}\n"
+        )
+        if delivery.status == "queued" and delivery.attempts:
+            w(f"  next attempt {when(delivery.next_attempt_at)}\n")
+        for attempt in (a for a in detail.attempts if a.delivery_id == delivery.id):
+            w(
+                f"  attempt {attempt.number} at {when(attempt.started_at)}: {attempt.outcome}"
+                f"{' ' + attempt.code if attempt.code else ''} "
+                f"in {attempt.latency * 1000:.1f} ms"
+                f"{' - ' + attempt.error if attempt.error else ''}\n"
+            )
+            for seg in segments(attempt.response, codec) if attempt.response else []:
+                w(f"    {seg}\n")
+    return 0

@@ -1,0 +1,129 @@
+"""`engine replay` and `engine retry`: the operator's ways to send things again."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TextIO
+
+from tqdm import tqdm
+
+from engine.commands.inspect import message_filter
+from engine.commands.output import table
+from engine.config.model import EngineConfig
+from engine.runtime.clock import SystemClock
+from engine.runtime.engine import compile_config
+from engine.runtime.replay import Replayer, ReplayPlan
+from engine.store.base import Store
+
+PAGE = 1000
+
+
+async def _select(store: Store, args: argparse.Namespace) -> list[int]:
+    if args.ids:
+        return list(args.ids)
+    ids: list[int] = []
+    before: int | None = None
+    flt = message_filter(args, limit=PAGE)
+    while True:
+        page = await store.search(type(flt)(**{**flt.__dict__, "before_id": before}))
+        ids.extend(r.id for r in page if r.status != "duplicate")
+        if len(page) < PAGE or (args.limit and len(ids) >= args.limit):
+            break
+        before = page[-1].id
+    ids = ids[: args.limit] if args.limit else ids
+    return sorted(ids)  # oldest first: replays keep the original order
+
+
+async def replay(
+    store: Store, config: EngineConfig, args: argparse.Namespace, out: TextIO = sys.stdout
+) -> int:
+    if not args.ids and not any(
+        getattr(args, k)
+        for k in (
+            "status",
+            "channel",
+            "destination",
+            "delivery_status",
+            "since",
+            "until",
+            "control_id",
+            "patient_id",
+            "appointment_id",
+            "message_type",
+        )
+    ):
+        sys.stderr.write("engine: say which messages to replay: IDs or at least one filter\n")
+        return 2
+    ids = await _select(store, args)
+    replayer = Replayer(config, compile_config(config), store, SystemClock())
+    bar = tqdm(total=len(ids), unit="msg", disable=None if len(ids) > 20 else True, file=sys.stderr)
+
+    def advance(plan: ReplayPlan) -> None:
+        bar.update(1)
+
+    try:
+        plans = await replayer.replay(ids, to=args.to, dry_run=args.dry_run, progress=advance)
+    except ValueError as exc:
+        sys.stderr.write(f"engine: {exc}\n")
+        return 2
+    finally:
+        bar.close()
+    rows = []
+    for plan in plans:
+        if plan.rejection:
+            rows.append((plan.original, plan.replay_id or "-", "-", "-", "-", plan.rejection))
+        for o in plan.outcomes:
+            if o.status != "ok":
+                rows.append(
+                    (
+                        plan.original,
+                        plan.replay_id or "-",
+                        o.channel,
+                        "-",
+                        "-",
+                        o.status + (f": {o.error}" if o.error else ""),
+                    )
+                )
+        for channel, destination, lane, size in plan.sends:
+            rows.append(
+                (
+                    plan.original,
+                    plan.replay_id or "-",
+                    channel,
+                    destination,
+                    lane or "-",
+                    f"{size} bytes",
+                )
+            )
+    table(["MESSAGE", "REPLAY", "CHANNEL", "DESTINATION", "LANE", "WHAT"], rows, out)
+    sends = sum(len(p.sends) for p in plans)
+    if args.dry_run:
+        out.write(
+            f"dry run: {len(plans)} message(s) would queue {sends} delivery(ies); "
+            "nothing was written\n"
+        )
+    else:
+        out.write(
+            f"replayed {len(plans)} message(s), queued {sends} delivery(ies); the running "
+            "engine sends them\n"
+        )
+    return 0
+
+
+async def retry(store: Store, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    if args.delivery_ids and args.destination:
+        sys.stderr.write("engine: give delivery ids or --destination, not both\n")
+        return 2
+    if args.delivery_ids:
+        count = await store.requeue(list(args.delivery_ids))
+    elif args.destination:
+        count = await store.requeue_failed(args.destination)
+    else:
+        sys.stderr.write("engine: say what to retry: DELIVERY_ID... or --destination NAME\n")
+        return 2
+    out.write(
+        f"requeued {count} failed delivery(ies); the running engine sends them in their "
+        "original order\n"
+    )
+    return 0 if count else 1

@@ -1,0 +1,56 @@
+"""`engine send FILE...`: send HL7 files over MLLP, one connection, and print each ACK."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from engine.protocol.ack import parse_ack
+from engine.protocol.charset import CharsetError, codec_for
+from engine.protocol.er7 import Er7Error, peek_header
+from engine.testing.mllp_client import MllpClient
+
+
+def describe_ack(data: bytes) -> str:
+    try:
+        codec = codec_for(peek_header(data).charset)
+        info = parse_ack(data.decode(codec, errors="replace"))
+    except (Er7Error, CharsetError) as exc:
+        return f"unreadable ACK ({exc})"
+    parts = [info.code]
+    if info.text:
+        parts.append(info.text)
+    parts.extend(info.errors)
+    return " - ".join(parts)
+
+
+async def send_files(
+    files: list[Path], host: str, port: int, timeout: float, out: TextIO = sys.stdout
+) -> int:
+    try:
+        client = await MllpClient.connect(host, port, timeout)
+    except (OSError, TimeoutError) as exc:
+        sys.stderr.write(f"engine: cannot connect to {host}:{port}: {exc}\n")
+        return 2
+    worst = 0
+    try:
+        for path in files:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                out.write(f"{path}: cannot read ({exc.strerror})\n")
+                worst = max(worst, 1)
+                continue
+            try:
+                ack = await client.send(data, timeout)
+            except (TimeoutError, ConnectionError) as exc:
+                out.write(f"{path}: no ACK ({exc or 'timed out'})\n")
+                return 1
+            line = describe_ack(ack)
+            out.write(f"{path}: {line}\n")
+            if not line.startswith(("AA", "CA")):
+                worst = max(worst, 1)
+    finally:
+        await client.close()
+    return worst

@@ -1,0 +1,182 @@
+"""The JSON Schemas (Draft 2020-12) of routes.yaml, channel files and mapping tables.
+
+They describe structure only; rules that need other files (a route names a channel, a test
+expects a destination of its channel) live in `semantic.py`. Every object schema sets
+`additionalProperties: false`, so a misspelt key is an error, never silently ignored.
+Extensions understood by `validation.py`: `x-unit` (duration, size or path; see `units.py`)
+and `x-expected`, the words used in "expected ..." when a value does not fit the node.
+Steps and destination types are not described here: each list item or destination entry is
+checked against the plugin registries, whose schemas are their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from engine.config.units import DURATION, PATH, SIZE
+
+NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+NAME: dict[str, Any] = {
+    "type": "string",
+    "pattern": NAME_PATTERN,
+    "x-expected": "a name made of letters, digits, '_' and '-'",
+}
+PORT: dict[str, Any] = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": 65535,
+    "x-expected": "a port number 1..65535",
+}
+ACK_POLICIES = ("commit", "processed", "delivered")
+OUTCOMES = ("delivered", "filtered", "error")
+FIELD_TESTS = ("equals", "in", "not_in", "exists", "matches")
+COMBINATORS = ("all", "any", "not")
+
+_POSITIVE_DURATION: dict[str, Any] = {"x-unit": DURATION, "exclusiveMinimum": 0}
+_SCALAR: dict[str, Any] = {"type": ["string", "number", "boolean"]}
+_SCALARS: dict[str, Any] = {"type": "array", "minItems": 1, "items": _SCALAR}
+_MESSAGE_TYPE: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"^[A-Z0-9]{3}\^[A-Z0-9]{2,3}$",
+    "x-expected": "a message type like SIU^S12",
+}
+
+
+def _closed(properties: dict[str, Any], required: Iterable[str] = ()) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": properties,
+    }
+    if required:
+        schema["required"] = list(required)
+    return schema
+
+
+def _one_or_list(item: dict[str, Any], **list_rules: Any) -> dict[str, Any]:
+    """A single item or a list of them; if/then/else keeps errors pointing at the item."""
+    return {
+        "type": ["object", "array"] if item.get("type") == "object" else [item["type"], "array"],
+        "if": {"type": "array"},
+        "then": {"items": item, **list_rules},
+        "else": item,
+    }
+
+
+MLLP_LISTENER = _closed(
+    {
+        "port": PORT,
+        "host": {"type": "string", "minLength": 1},
+        "max_message_bytes": {"x-unit": SIZE, "minimum": 1},
+        "idle_timeout": _POSITIVE_DURATION,
+        "max_connections": {"type": "integer", "minimum": 1},
+    },
+    required=["port"],
+)
+
+LISTENER = _closed(
+    {"mllp": MLLP_LISTENER, "ack": {"enum": list(ACK_POLICIES)}, "ack_timeout": _POSITIVE_DURATION},
+    required=["mllp"],
+)
+
+ROUTES = _closed(
+    {
+        "store": {"type": "string", "minLength": 1},
+        "listeners": {
+            "type": "object",
+            "minProperties": 1,
+            "x-expected": "at least one listener, like epic-siu: {mllp: {port: 2575}}",
+            "propertyNames": NAME,
+            # Each listener is checked against LISTENER on its own, so one bad listener
+            # does not hide the port conflicts or routes of the others.
+            "additionalProperties": {"type": "object"},
+        },
+        "routes": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "string", "minLength": 1},
+            },
+        },
+    },
+    required=["listeners", "routes"],
+)
+
+RETRY = _closed(
+    {
+        "attempts": {"type": "integer", "minimum": 1},
+        "backoff": {"enum": ["exponential"]},
+        "first": _POSITIVE_DURATION,
+        "max": _POSITIVE_DURATION,
+        "factor": {"type": "number", "minimum": 1},
+        "jitter": {"type": "number", "minimum": 0, "maximum": 1},
+    }
+)
+
+_CONDITION_REF: dict[str, Any] = {"$ref": "#/$defs/condition"}
+
+CONDITION = _closed(
+    {
+        "field": {"type": "string"},
+        "equals": _SCALAR,
+        "in": _SCALARS,
+        "not_in": _SCALARS,
+        "exists": {"type": "boolean"},
+        "matches": {"type": "string"},
+        "all": {"type": "array", "minItems": 1, "items": _CONDITION_REF},
+        "any": {"type": "array", "minItems": 1, "items": _CONDITION_REF},
+        "not": _CONDITION_REF,
+    }
+)
+
+CHANNEL_TEST = _closed(
+    {
+        "name": {"type": "string", "minLength": 1},
+        "input": {"x-unit": PATH, "type": "string", "minLength": 1},
+        "expect": {
+            "type": "object",
+            "additionalProperties": {"type": "object", "additionalProperties": _SCALAR},
+        },
+        "outcome": {"enum": list(OUTCOMES)},
+    },
+    required=["name", "input"],
+)
+
+CHANNEL: dict[str, Any] = _closed(
+    {
+        "description": {"type": "string"},
+        "accept": _closed({"type": _one_or_list(_MESSAGE_TYPE, minItems=1)}),
+        "filter": _one_or_list(_CONDITION_REF | {"type": "object"}),
+        "steps": {
+            "type": "array",
+            "items": {"type": "object", "x-expected": "a step like {set: {MSH-5: VALUE}}"},
+        },
+        "destinations": {
+            "type": "object",
+            "propertyNames": NAME,
+            "additionalProperties": {"type": "object"},
+        },
+        "dedupe": _closed({"window": {"x-unit": DURATION}}),
+        "tests": {"type": "array", "items": CHANNEL_TEST},
+    }
+) | {"$defs": {"condition": CONDITION}}
+
+TABLE: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": {
+        "type": "object",
+        "x-expected": "a row: a mapping of column -> value",
+        "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+    },
+}
+
+
+def destination_entry(types: Iterable[str]) -> dict[str, Any]:
+    """A destination entry: the registered type keys (their arguments are checked against
+    each plugin's own schema), `retry` and `order_by`."""
+    properties: dict[str, Any] = {name: {} for name in types}
+    properties["retry"] = RETRY
+    properties["order_by"] = {"type": "string"}
+    return _closed(properties)

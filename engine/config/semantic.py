@@ -1,0 +1,255 @@
+"""Rules a schema cannot express: field paths parse, regexes compile, one test per filter
+condition, routes name existing listeners and channels, every listener is routed, destination
+names are unique across channels, channel tests name existing inputs and destinations.
+
+Functions here take already schema-checked data and stay defensive about shapes (the schema
+problem was reported; a second one about the same node would be noise). Where a rule builds
+a model object as it checks (filter conditions, channel tests), it returns it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from engine.config.errors import ConfigProblem
+from engine.config.model import ChannelTest, Condition, ListenerConfig, Pos
+from engine.config.schema import COMBINATORS, FIELD_TESTS
+from engine.config.yaml_nodes import Doc, KeyPath
+
+_CONDITION_KEYS = frozenset({"field", *FIELD_TESTS, *COMBINATORS})
+
+
+def _listing(names: Iterable[str]) -> str:
+    return ", ".join(sorted(names)) or "none"
+
+
+def path_problem(text: str, pos: Pos) -> ConfigProblem | None:
+    """A problem when `text` is not an ER7 field path such as `SCH-7.1`."""
+    from engine.protocol.er7 import PathError, parse_path
+
+    try:
+        parse_path(text)
+    except PathError as exc:
+        return ConfigProblem(pos, f"expected a field path: {exc}")
+    return None
+
+
+def filter_condition(doc: Doc, value: Any, problems: list[ConfigProblem]) -> Condition | None:
+    """The channel's filter as one tree: a list means all of its conditions."""
+    path: KeyPath = ("filter",)
+    if isinstance(value, list):
+        children = [condition(doc, item, (*path, i), problems) for i, item in enumerate(value)]
+        if not value:
+            return None
+        kept = tuple(c for c in children if c is not None)
+        return Condition("all", doc.at(path), children=kept)
+    return condition(doc, value, path, problems)
+
+
+def condition(
+    doc: Doc, value: Any, path: KeyPath, problems: list[ConfigProblem]
+) -> Condition | None:
+    if not isinstance(value, dict) or not set(value) <= _CONDITION_KEYS:
+        return None  # the channel schema reported it; guessing the intent would add noise
+    pos = doc.at(path)
+    tests = [k for k in FIELD_TESTS if k in value]
+    combinators = [k for k in COMBINATORS if k in value]
+    if "field" in value:
+        if combinators:
+            problems.append(ConfigProblem(
+                doc.key_at((*path, combinators[0])),
+                f"'{combinators[0]}' cannot sit beside a field test; put it in its own condition",
+            ))
+        if not tests:
+            problems.append(ConfigProblem(
+                pos, f"expected one test for the field: one of {', '.join(FIELD_TESTS)}"
+            ))
+            return None
+        if len(tests) > 1:
+            problems.append(ConfigProblem(
+                doc.key_at((*path, tests[1])),
+                f"expected exactly one test per condition, got {tests[0]} and {tests[1]}",
+            ))
+            return None
+        return _field_test(doc, value, path, tests[0], problems)
+    if tests:
+        problems.append(ConfigProblem(
+            doc.key_at((*path, tests[0])), f"'{tests[0]}' needs a field, like field: PID-8"
+        ))
+        return None
+    if len(combinators) != 1:
+        got = " and ".join(combinators) if combinators else "neither"
+        problems.append(ConfigProblem(
+            pos, f"expected a field test or exactly one of {', '.join(COMBINATORS)}, got {got}"
+        ))
+        return None
+    op = combinators[0]
+    if op == "not":
+        child = condition(doc, value["not"], (*path, "not"), problems)
+        return Condition("not", pos, children=(child,)) if child is not None else None
+    items = value[op] if isinstance(value[op], list) else []
+    children = [condition(doc, item, (*path, op, i), problems) for i, item in enumerate(items)]
+    return Condition(op, pos, children=tuple(c for c in children if c is not None))
+
+
+def _field_test(
+    doc: Doc, value: dict[str, Any], path: KeyPath, op: str, problems: list[ConfigProblem]
+) -> Condition | None:
+    field = value["field"]
+    if not isinstance(field, str):
+        return None
+    found = path_problem(field, doc.at((*path, "field")))
+    if found is not None:
+        problems.append(found)
+    argument = value[op]
+    test_path = (*path, op)
+    # Message fields are text: compare with the value as written (`01` stays "01").
+    if op == "equals":
+        argument = doc.texts.get(test_path, str(argument))
+    elif op in ("in", "not_in") and isinstance(argument, list):
+        argument = tuple(doc.texts.get((*test_path, i), str(a)) for i, a in enumerate(argument))
+    elif op == "matches" and isinstance(argument, str):
+        try:
+            re.compile(argument)
+        except re.error as exc:
+            problems.append(ConfigProblem(
+                doc.at(test_path), f"expected a regular expression: {exc}"
+            ))
+            return None
+    return Condition(op, doc.at(path), field=field, value=argument)
+
+
+def channel_tests(
+    doc: Doc, value: Any, destinations: set[str], problems: list[ConfigProblem]
+) -> list[ChannelTest]:
+    """The channel's `tests:`; each names an existing input and this channel's destinations."""
+    out: list[ChannelTest] = []
+    seen: dict[str, Pos] = {}
+    for i, test in enumerate(value if isinstance(value, list) else []):
+        path: KeyPath = ("tests", i)
+        if not isinstance(test, dict) or not isinstance(test.get("name"), str):
+            continue
+        name = test["name"]
+        if name in seen:
+            problems.append(ConfigProblem(
+                doc.at((*path, "name")),
+                f"duplicate test name '{name}' (first at line {seen[name].line})",
+            ))
+        seen.setdefault(name, doc.at((*path, "name")))
+        before = len(problems)
+        source = test.get("input")
+        if isinstance(source, str) and not Path(source).is_file():
+            written = doc.texts.get((*path, "input"), source)
+            problems.append(ConfigProblem(
+                doc.at((*path, "input")), f"test input '{written}' does not exist"
+            ))
+        expect = test.get("expect") if isinstance(test.get("expect"), dict) else {}
+        assert isinstance(expect, dict)
+        outcome = test.get("outcome")
+        if expect and outcome in ("filtered", "error"):
+            problems.append(ConfigProblem(
+                doc.key_at((*path, "expect")),
+                f"a test with outcome {outcome} cannot expect destination content",
+            ))
+        if not expect and outcome is None:
+            problems.append(ConfigProblem(
+                doc.at(path), "expected 'expect' or 'outcome' in a channel test"
+            ))
+        fields = _expectations(doc, path, expect, destinations, problems)
+        if len(problems) == before and isinstance(source, str):
+            out.append(ChannelTest(
+                name=name, input=Path(source), pos=doc.at(path), expect=fields,
+                outcome=outcome if outcome is not None else ("delivered" if expect else None),
+            ))
+    return out
+
+
+def _expectations(
+    doc: Doc, path: KeyPath, expect: dict[str, Any], destinations: set[str],
+    problems: list[ConfigProblem],
+) -> dict[str, dict[str, str]]:
+    fields: dict[str, dict[str, str]] = {}
+    for dest, values in expect.items():
+        dest_path = (*path, "expect", dest)
+        if dest not in destinations:
+            problems.append(ConfigProblem(
+                doc.key_at(dest_path),
+                f"destination '{dest}' is not in this channel "
+                f"(destinations: {_listing(destinations)})",
+            ))
+        if not isinstance(values, dict):
+            continue
+        for field in values:
+            found = path_problem(field, doc.key_at((*dest_path, field)))
+            if found is not None:
+                problems.append(found)
+        fields[dest] = {f: doc.texts.get((*dest_path, f), str(v)) for f, v in values.items()}
+    return fields
+
+
+def routes(
+    doc: Doc, listeners: Mapping[str, Any], routing: Mapping[str, Any], channels: set[str],
+    problems: list[ConfigProblem],
+) -> None:
+    """Routes name existing listeners and channels, once each; every listener has a route."""
+    for listener, names in routing.items():
+        if listener not in listeners:
+            problems.append(ConfigProblem(
+                doc.key_at(("routes", listener)),
+                f"listener '{listener}' does not exist (listeners: {_listing(listeners)})",
+            ))
+        seen: set[str] = set()
+        for i, name in enumerate(names if isinstance(names, list) else []):
+            if not isinstance(name, str):
+                continue
+            where = doc.at(("routes", listener, i))
+            if name not in channels:
+                problems.append(ConfigProblem(
+                    where, f"channel '{name}' does not exist (channels: {_listing(channels)})"
+                ))
+            elif name in seen:
+                problems.append(ConfigProblem(
+                    where, f"channel '{name}' is listed twice for listener '{listener}'"
+                ))
+            seen.add(name)
+    for listener in listeners:
+        if listener not in routing:
+            problems.append(ConfigProblem(
+                doc.key_at(("listeners", listener)),
+                f"listener '{listener}' has no route (expected an entry '{listener}: "
+                "[<channel>, ...]' under routes)",
+            ))
+
+
+def listener_ports(listeners: Iterable[ListenerConfig], problems: list[ConfigProblem]) -> None:
+    """Two listeners cannot bind the same host and port."""
+    taken: dict[tuple[str, int], str] = {}
+    for listener in listeners:
+        address = (listener.mllp.host, listener.mllp.port)
+        if address in taken:
+            problems.append(ConfigProblem(
+                listener.pos,
+                f"port {address[1]} on {address[0]} is already used by listener "
+                f"'{taken[address]}'",
+            ))
+        taken.setdefault(address, listener.name)
+
+
+def unique_destinations(
+    destinations: Iterable[tuple[str, str, Pos]], problems: list[ConfigProblem]
+) -> None:
+    """Destination names, given as (channel, name, position), are global: they key delivery
+    queues and the console, so a second definition anywhere is a problem."""
+    first: dict[str, tuple[str, Pos]] = {}
+    for channel, name, where in destinations:
+        if name in first:
+            other, pos = first[name]
+            problems.append(ConfigProblem(
+                where,
+                f"destination '{name}' is already defined in channel '{other}' "
+                f"({pos.file.name}:{pos.line}:{pos.column}); destination names must be unique",
+            ))
+        first.setdefault(name, (channel, where))

@@ -1,0 +1,25 @@
+"""Errors raised while a channel runs, carrying what an AE's ERR segment needs."""
+
+from __future__ import annotations
+
+# HL7 table 0357 codes the pipeline uses.
+TABLE_VALUE_NOT_FOUND = 103
+APPLICATION_ERROR = 207
+
+
+class StepError(Exception):
+    """A step could not do its work on this message.
+
+    `field` is the field path involved (for ERR-2), `code` an HL7 table 0357 code. The text
+    must never quote message content: it goes back to the sender and into logs.
+    """
+
+    def __init__(
+        self, text: str, *, field: str = "", code: int = APPLICATION_ERROR, detail: str = ""
+    ) -> None:
+        super().__init__(text)
+        self.text = text
+        self.field = field
+        self.code = code
+        # Kept in the store only (it may quote content); never sent back or logged.
+        self.detail = detail

@@ -1,0 +1,47 @@
+"""`remove: [PID-11, PID-13, NTE]` clears fields, or drops whole segments when only a segment
+name is given (keeping the positions of every other field)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.config.errors import ConfigProblem
+from engine.config.model import StepSpec
+from engine.config.registry import CheckContext, Plugin, check_field_paths
+from engine.pipeline.steps.base import CompileContext, label
+from engine.protocol.er7 import Message, parse_path
+
+SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        {"type": "string"},
+        {"type": "array", "minItems": 1, "items": {"type": "string"}},
+    ]
+}
+
+
+def _paths(args: str | list[str]) -> list[str]:
+    return [args] if isinstance(args, str) else list(args)
+
+
+def _check(args: str | list[str], ctx: CheckContext) -> list[ConfigProblem]:
+    if isinstance(args, str):
+        return check_field_paths([((), args)], ctx)
+    return check_field_paths([((i,), p) for i, p in enumerate(args)], ctx)
+
+
+PLUGIN = Plugin("remove", SCHEMA, _check, "clear fields or drop segments")
+
+
+class RemoveFields:
+    def __init__(self, spec: StepSpec) -> None:
+        self.label = label(spec)
+        self._paths = [parse_path(p) for p in _paths(spec.args)]
+
+    def apply(self, message: Message) -> Message:
+        for path in self._paths:
+            message.remove(path)
+        return message
+
+
+def compile_step(spec: StepSpec, ctx: CompileContext) -> RemoveFields:
+    return RemoveFields(spec)

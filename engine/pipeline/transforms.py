@@ -1,0 +1,60 @@
+"""Loading named Python functions from the configuration's transforms/ folder.
+
+`module.function` names `transforms/module.py` and a function in it. Modules are imported
+once per process under a private package name, so two configurations never share state
+by accident and a transform cannot shadow an installed module.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+_NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)$")
+
+
+class TransformError(Exception):
+    pass
+
+
+def split_name(name: str) -> tuple[str, str]:
+    match = _NAME.match(name)
+    if not match:
+        raise TransformError(f"expected 'module.function' (a file in transforms/), got '{name}'")
+    return match.group(1), match.group(2)
+
+
+def _import(transforms_dir: Path, module: str) -> ModuleType:
+    path = transforms_dir / f"{module}.py"
+    if not path.is_file():
+        raise TransformError(f"transforms/{module}.py does not exist")
+    qualified = f"engine_transforms_{abs(hash(str(transforms_dir.resolve())))}.{module}"
+    loaded = sys.modules.get(qualified)
+    if loaded is not None:
+        return loaded
+    spec = importlib.util.spec_from_file_location(qualified, path)
+    if spec is None or spec.loader is None:
+        raise TransformError(f"transforms/{module}.py cannot be imported")
+    loaded = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(loaded)
+    except Exception as exc:  # a syntax or import error in user code is a config problem
+        raise TransformError(
+            f"transforms/{module}.py failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
+    sys.modules[qualified] = loaded
+    return loaded
+
+
+def load_function(transforms_dir: Path, name: str) -> Callable[..., Any]:
+    module_name, function_name = split_name(name)
+    module = _import(transforms_dir, module_name)
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise TransformError(f"transforms/{module_name}.py has no function '{function_name}'")
+    return function  # type: ignore[no-any-return]

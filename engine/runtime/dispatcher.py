@@ -1,0 +1,124 @@
+"""All delivery lanes of the running engine, fed from intake and from the store.
+
+At start every queued delivery left by a previous process (stopped or killed) is released
+and claimed again, so it resumes in its original order; a delivery that was in flight when
+the process died is sent again (at-least-once, never lost). While running, a poller claims
+deliveries that another process queued (`engine retry`, `engine replay`). Intake hands new
+deliveries over directly once their commit returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+
+from engine.config.model import DestinationConfig
+from engine.destinations.base import Destination, Outcome
+from engine.runtime.clock import Clock
+from engine.runtime.lanes import DestinationRunner, Queued
+from engine.store.base import Delivery, Store
+
+log = logging.getLogger("engine.dispatcher")
+
+CLAIM_BATCH = 1000
+
+DestinationFactory = Callable[[DestinationConfig], Destination]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        destinations: Iterable[DestinationConfig],
+        store: Store,
+        clock: Clock,
+        factory: DestinationFactory,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._poll_interval = poll_interval
+        self._waiters: dict[int, asyncio.Future[Outcome]] = {}
+        self.runners: dict[str, DestinationRunner] = {
+            d.name: DestinationRunner(d, factory(d), store, clock, self._final)
+            for d in destinations
+        }
+        self._poller: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        released = await self._store.release_claims()
+        resumed = await self.claim()
+        if released:
+            log.info("resumed %d queued deliveries", resumed)
+        self._poller = asyncio.get_running_loop().create_task(self._poll(), name="claim-poller")
+
+    async def claim(self) -> int:
+        """Take every claimable queued delivery of our destinations into its lane, in order."""
+        names = list(self.runners)
+        total = 0
+        while names:
+            rows = await self._store.claim_queued(names, CLAIM_BATCH)
+            for row in rows:
+                self._enqueue_row(row)
+            total += len(rows)
+            if len(rows) < CLAIM_BATCH:
+                break
+        return total
+
+    def _enqueue_row(self, row: Delivery) -> None:
+        runner = self.runners.get(row.destination)
+        if runner is None:
+            return
+        runner.enqueue(
+            Queued(
+                row.id,
+                row.message_id,
+                row.channel,
+                row.lane,
+                row.payload,
+                row.next_attempt_at,
+                row.attempts,
+            )
+        )
+
+    def enqueue(
+        self, message_id: int, items: Iterable[tuple[int, str, str, str, bytes, float]]
+    ) -> None:
+        """New deliveries from intake: (id, channel, destination, lane, payload, next_at)."""
+        for delivery_id, channel, destination, lane, payload, next_at in items:
+            runner = self.runners.get(destination)
+            if runner is not None:
+                runner.enqueue(Queued(delivery_id, message_id, channel, lane, payload, next_at))
+
+    def watch(self, delivery_id: int) -> asyncio.Future[Outcome]:
+        """A future for the delivery's final outcome (for the `delivered` ACK policy)."""
+        future = self._waiters.get(delivery_id)
+        if future is None:
+            future = self._waiters[delivery_id] = asyncio.get_running_loop().create_future()
+        return future
+
+    def forget(self, delivery_id: int) -> None:
+        self._waiters.pop(delivery_id, None)
+
+    def _final(self, delivery_id: int, outcome: Outcome) -> None:
+        future = self._waiters.pop(delivery_id, None)
+        if future is not None and not future.done():
+            future.set_result(outcome)
+
+    @property
+    def queued(self) -> dict[str, int]:
+        return {name: runner.queued for name, runner in self.runners.items()}
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            try:
+                await self.claim()
+            except Exception as exc:  # the store may be briefly busy; try again next tick
+                log.warning("claiming queued deliveries failed: %s", type(exc).__name__)
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        await asyncio.gather(*(r.stop() for r in self.runners.values()))

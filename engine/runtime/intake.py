@@ -1,0 +1,282 @@
+"""Intake: one received message → channels → one durable commit → the ACK to send back.
+
+The order is the product's promise: the message, its channel results and its queued
+deliveries are committed in ONE transaction (the store's group commit) and the ACK is built
+before but returned only after that commit; deliveries start only after it. Nothing is
+acknowledged that is not stored, and whatever is stored is delivered.
+
+ACK policy per listener: `commit` answers AA once stored (channel errors stay visible in the
+store); `processed` (default) answers AE with one ERR per failed channel step; `delivered`
+waits for the destinations and relays their verdict. Every rejected message (AR) is stored
+too, with the reason, so it can be seen and replayed. A duplicate (same MSH-3 + MSH-10
+within the channel's dedupe window) gets the ACK stored the first time and is not processed
+again; the duplicate arrival is recorded, linked to the original.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from datetime import UTC, datetime
+
+from engine.config.model import EngineConfig, ListenerConfig
+from engine.destinations.base import Outcome, Reject, Sent
+from engine.pipeline.channel import ChannelOutcome, CompiledChannel
+from engine.protocol.ack import AckError, build_ack
+from engine.protocol.er7 import Header, parse_path
+from engine.runtime.clock import Clock
+from engine.runtime.dispatcher import Dispatcher
+from engine.runtime.processing import Decoded, Rejection, decode, route, run_channels
+from engine.store.base import (
+    Ingest,
+    MessageKeys,
+    NewChannelResult,
+    NewDelivery,
+    NewMessage,
+    Store,
+)
+
+log = logging.getLogger("engine.intake")
+
+CONTENT_TYPE = "application/hl7-v2"
+APPLICATION_ERROR = 207
+
+
+def error_location(field: str) -> str:
+    if not field:
+        return ""
+    try:
+        return parse_path(field).location()
+    except ValueError:
+        return ""
+
+
+def stored_result(outcome: ChannelOutcome) -> NewChannelResult:
+    error = outcome.error
+    if outcome.error_detail:
+        error = f"{error} [{outcome.error_detail}]"
+    return NewChannelResult(
+        outcome.channel,
+        outcome.status,
+        outcome.output,
+        error,
+        outcome.error_step,
+        outcome.error_field,
+    )
+
+
+class Intake:
+    def __init__(
+        self,
+        config: EngineConfig,
+        channels: dict[str, CompiledChannel],
+        store: Store,
+        dispatcher: Dispatcher,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.channels = channels
+        self._store = store
+        self._dispatcher = dispatcher
+        self._clock = clock
+        # ACK control ids: unique across restarts (start time) and within a run (counter).
+        self._ack_ids = (f"A{int(clock.now()):x}{n:06d}" for n in itertools.count(1))
+
+    def _ack(
+        self,
+        header: Header | None,
+        code: str,
+        text: str,
+        codec: str,
+        errors: list[AckError] | tuple[AckError, ...] = (),
+    ) -> bytes:
+        now = datetime.fromtimestamp(self._clock.now(), UTC)
+        ack = build_ack(header, code, text, control_id=next(self._ack_ids), now=now, errors=errors)
+        return ack.encode(codec, errors="replace")
+
+    async def receive(self, listener: ListenerConfig, data: bytes) -> bytes:
+        """Process one framed message; returns the encoded ACK, sent only after the commit."""
+        now = self._clock.now()
+        decoded = decode(data)
+        if decoded.rejection is not None:
+            return await self._reject(listener, data, decoded, decoded.rejection, now)
+        accepted = route(decoded, self.config.routes.get(listener.name, ()), self.channels)
+        if isinstance(accepted, Rejection):
+            return await self._reject(listener, data, decoded, accepted, now)
+        window = max(c.config.dedupe_window for c in accepted)
+        if window > 0:
+            hit = await self._store.find_duplicate(
+                decoded.keys.sender, decoded.keys.control_id, now - window
+            )
+            if hit is not None:
+                age = now - hit.received_at
+                # Channels whose window still covers the original skip it; others run again.
+                accepted = [c for c in accepted if c.config.dedupe_window < age]
+                if not accepted:
+                    await self._store.ingest(
+                        Ingest(
+                            self._new_message(
+                                listener,
+                                data,
+                                decoded,
+                                now,
+                                "duplicate",
+                                "",
+                                hit.ack,
+                                duplicate_of=hit.message_id,
+                            )
+                        )
+                    )
+                    return hit.ack
+        outcomes = run_channels(decoded, accepted)
+        return await self._commit(listener, data, decoded, outcomes, now)
+
+    async def _commit(
+        self,
+        listener: ListenerConfig,
+        data: bytes,
+        decoded: Decoded,
+        outcomes: list[ChannelOutcome],
+        now: float,
+    ) -> bytes:
+        failed = [o for o in outcomes if o.status == "error"]
+        errors = [
+            AckError(o.error_code, f"channel {o.channel}: {o.error}", error_location(o.error_field))
+            for o in failed
+        ]
+        if listener.ack == "commit" or not failed:
+            code, text, ack_errors = "AA", "", []
+        else:
+            code, text, ack_errors = "AE", "processing failed", errors
+        ack = self._ack(decoded.header, code, text, decoded.codec, ack_errors)
+        deliveries = [
+            NewDelivery(o.channel, p.destination.name, p.lane, p.data, now)
+            for o in outcomes
+            for p in o.payloads
+        ]
+        try:
+            ingested = await self._store.ingest(
+                Ingest(
+                    self._new_message(
+                        listener, data, decoded, now, "error" if failed else "processed", code, ack
+                    ),
+                    tuple(stored_result(o) for o in outcomes),
+                    tuple(deliveries),
+                )
+            )
+        except Exception as exc:
+            # Not stored, so not acknowledged: the sender keeps the message and resends.
+            log.error("listener %s: store failed: %s", listener.name, type(exc).__name__)
+            return self._ack(
+                decoded.header,
+                "AE",
+                "message not stored; resend later",
+                decoded.codec,
+                [AckError(APPLICATION_ERROR, "storage unavailable")],
+            )
+        waits: list[asyncio.Future[Outcome]] = []
+        if listener.ack == "delivered" and deliveries:
+            waits = [self._dispatcher.watch(i) for i in ingested.delivery_ids]
+        self._dispatcher.enqueue(
+            ingested.message_id,
+            (
+                (i, d.channel, d.destination, d.lane, d.payload, d.next_attempt_at)
+                for i, d in zip(ingested.delivery_ids, deliveries, strict=True)
+            ),
+        )
+        if waits and code == "AA":
+            return await self._relay(listener, decoded, ingested.delivery_ids, waits)
+        return ack
+
+    async def _relay(
+        self,
+        listener: ListenerConfig,
+        decoded: Decoded,
+        delivery_ids: tuple[int, ...],
+        waits: list[asyncio.Future[Outcome]],
+    ) -> bytes:
+        """`delivered` policy: AA when every destination took it; otherwise their verdict."""
+        done, pending = await asyncio.wait(waits, timeout=listener.ack_timeout)
+        for delivery_id in delivery_ids:
+            self._dispatcher.forget(delivery_id)
+        if pending:
+            return self._ack(
+                decoded.header,
+                "AE",
+                "stored; not yet delivered, delivery continues",
+                decoded.codec,
+                [AckError(APPLICATION_ERROR, "destination did not confirm in time")],
+            )
+        outcomes = [f.result() for f in done]
+        if all(isinstance(o, Sent) for o in outcomes):
+            return self._ack(decoded.header, "AA", "", decoded.codec)
+        code = "AR" if any(isinstance(o, Reject) for o in outcomes) else "AE"
+        reasons = [
+            AckError(APPLICATION_ERROR, f"destination: {o.reason}")
+            for o in outcomes
+            if not isinstance(o, Sent)
+        ]
+        return self._ack(decoded.header, code, "delivery failed", decoded.codec, reasons)
+
+    async def _reject(
+        self,
+        listener: ListenerConfig,
+        data: bytes,
+        decoded: Decoded,
+        rejection: Rejection,
+        now: float,
+    ) -> bytes:
+        ack = self._ack(
+            decoded.header,
+            "AR",
+            rejection.text,
+            decoded.codec,
+            [AckError(rejection.code, rejection.text, rejection.location)],
+        )
+        try:
+            await self._store.ingest(
+                Ingest(
+                    self._new_message(
+                        listener, data, decoded, now, "rejected", "AR", ack, error=rejection.text
+                    )
+                )
+            )
+        except Exception as exc:
+            log.error("listener %s: store failed: %s", listener.name, type(exc).__name__)
+        return ack
+
+    async def reject_oversized(self, listener: ListenerConfig, head: bytes, size: int) -> bytes:
+        """An over-limit frame: AR (echoing MSH-10 when the head has it); the head is stored."""
+        decoded = decode(head)
+        limit = listener.mllp.max_message_bytes
+        rejection = Rejection(
+            APPLICATION_ERROR, "", f"message of {size} bytes exceeds the {limit}-byte limit"
+        )
+        return await self._reject(listener, head, decoded, rejection, self._clock.now())
+
+    def _new_message(
+        self,
+        listener: ListenerConfig,
+        data: bytes,
+        decoded: Decoded,
+        now: float,
+        status: str,
+        ack_code: str,
+        ack: bytes,
+        error: str = "",
+        duplicate_of: int | None = None,
+    ) -> NewMessage:
+        return NewMessage(
+            received_at=now,
+            listener=listener.name,
+            content_type=CONTENT_TYPE,
+            charset=decoded.codec,
+            raw=data,
+            keys=decoded.keys if decoded.header is not None else MessageKeys(),
+            status=status,  # type: ignore[arg-type]
+            ack_code=ack_code,
+            ack=ack,
+            error=error,
+            duplicate_of=duplicate_of,
+        )

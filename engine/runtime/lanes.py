@@ -1,0 +1,228 @@
+"""Delivery lanes of one destination: FIFO per `order_by` key, parallel across keys.
+
+Rules kept here:
+- Within a lane, a delivery is sent only when every earlier one of that lane is final
+  (sent, failed or discarded): a retrying head holds its lane, other lanes go on.
+- At most `destination.concurrency` sends are in flight at once, across all lanes.
+- Every attempt and its response is recorded in the store. A delivery is `sent` only on a
+  `Sent` outcome; a timeout or a dropped connection is a `Retry`, never a success.
+- Retries follow the destination's policy (exponential backoff with jitter); when they are
+  used up, or the destination rejects the payload, the delivery goes `failed` and an alert
+  line is logged (ids and reason only, never content).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.config.model import DestinationConfig
+from engine.destinations.base import DeliveryMeta, Destination, Outcome, Reject, Retry, Sent
+from engine.runtime.backoff import delay, exhausted
+from engine.runtime.clock import Clock
+from engine.store.base import Attempt, Store
+
+log = logging.getLogger("engine.delivery")
+alerts = logging.getLogger("engine.alerts")
+
+
+@dataclass
+class Queued:
+    id: int
+    message_id: int
+    channel: str
+    lane: str
+    payload: bytes
+    next_at: float  # wall-clock unix seconds
+    attempts: int = 0  # every attempt ever made (numbering)
+    failures: int = 0  # failures in this round (retry budget)
+
+
+FinalCallback = Callable[[int, Outcome], None]
+
+
+class DestinationRunner:
+    def __init__(
+        self,
+        config: DestinationConfig,
+        destination: Destination,
+        store: Store,
+        clock: Clock,
+        on_final: FinalCallback | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self._destination = destination
+        self._store = store
+        self._clock = clock
+        self._on_final = on_final
+        self._lanes: dict[str, deque[Queued]] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(max(1, destination.concurrency))
+        self._records: set[asyncio.Task[None]] = set()
+        self._known: set[int] = set()
+        self._stopping = False
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self._lanes.values())
+
+    def holds(self, delivery_id: int) -> bool:
+        return delivery_id in self._known
+
+    def enqueue(self, item: Queued) -> None:
+        if self._stopping or item.id in self._known:
+            return
+        self._known.add(item.id)
+        lane = self._lanes.get(item.lane)
+        if lane is None:
+            lane = self._lanes[item.lane] = deque()
+        lane.append(item)
+        if item.lane not in self._workers:
+            self._workers[item.lane] = asyncio.get_running_loop().create_task(
+                self._run_lane(item.lane), name=f"lane:{self.name}:{item.lane}"
+            )
+
+    async def _run_lane(self, key: str) -> None:
+        lane = self._lanes[key]
+        try:
+            while lane and not self._stopping:
+                item = lane[0]
+                wait = item.next_at - self._clock.now()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                if await self._attempt(item):
+                    lane.popleft()
+                    self._known.discard(item.id)
+        finally:
+            del self._workers[key]
+            if not lane:
+                del self._lanes[key]
+
+    async def _attempt(self, item: Queued) -> bool:
+        """One try; True when the delivery is final (sent or failed)."""
+        async with self._slots:
+            started = self._clock.now()
+            t0 = self._clock.monotonic()
+            try:
+                outcome = await self._destination.send(
+                    item.payload, DeliveryMeta(item.id, item.message_id, item.channel)
+                )
+            except Exception as exc:  # a destination bug must not stop the lane
+                log.error("destination %s: unexpected %s", self.name, type(exc).__name__)
+                outcome = Retry(f"internal error in destination ({type(exc).__name__})")
+            latency = self._clock.monotonic() - t0
+        item.attempts += 1
+        if isinstance(outcome, Sent):
+            self._record(
+                Attempt(
+                    item.id, item.attempts, started, latency, "sent", outcome.code, outcome.response
+                )
+            )
+            self._final(item, outcome)
+            return True
+        if isinstance(outcome, Reject):
+            self._record(
+                Attempt(
+                    item.id,
+                    item.attempts,
+                    started,
+                    latency,
+                    "failed",
+                    outcome.code,
+                    outcome.response,
+                    outcome.reason,
+                )
+            )
+            self._alert(item, f"rejected by destination: {outcome.reason}")
+            self._final(item, outcome)
+            return True
+        item.failures += 1
+        if exhausted(self.config.retry, item.failures):
+            self._record(
+                Attempt(
+                    item.id,
+                    item.attempts,
+                    started,
+                    latency,
+                    "failed",
+                    outcome.code,
+                    outcome.response,
+                    outcome.reason,
+                )
+            )
+            self._alert(item, f"gave up after {item.failures} attempts: {outcome.reason}")
+            self._final(item, outcome)
+            return True
+        wait = delay(self.config.retry, item.failures)
+        if outcome.after is not None:
+            wait = max(wait, outcome.after)
+        item.next_at = self._clock.now() + wait
+        self._record(
+            Attempt(
+                item.id,
+                item.attempts,
+                started,
+                latency,
+                "retry",
+                outcome.code,
+                outcome.response,
+                outcome.reason,
+                next_attempt_at=item.next_at,
+            )
+        )
+        log.info(
+            "delivery %d to %s: retry %d in %.1fs (%s)",
+            item.id,
+            self.name,
+            item.failures,
+            wait,
+            outcome.reason,
+        )
+        return False
+
+    def _record(self, attempt: Attempt) -> None:
+        # Not awaited: the lane moves on while the group commit carries the attempt. The
+        # writer keeps submission order, so a delivery's attempts are stored in sequence; a
+        # crash before that commit means the delivery is sent again (at least once).
+        task = asyncio.get_running_loop().create_task(self._store.record_attempt(attempt))
+        self._records.add(task)
+        task.add_done_callback(self._recorded)
+
+    def _recorded(self, task: asyncio.Task[None]) -> None:
+        self._records.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "destination %s: attempt not recorded: %s",
+                self.name,
+                type(task.exception()).__name__,
+            )
+
+    def _final(self, item: Queued, outcome: Outcome) -> None:
+        if self._on_final is not None:
+            self._on_final(item.id, outcome)
+
+    def _alert(self, item: Queued, reason: str) -> None:
+        alerts.warning(
+            "ALERT delivery failed: destination=%s delivery=%d message=%d channel=%s reason=%s",
+            self.name,
+            item.id,
+            item.message_id,
+            item.channel,
+            reason,
+        )
+
+    async def stop(self) -> None:
+        """Stop sending; what is not sent stays queued in the store and resumes next start."""
+        self._stopping = True
+        workers = list(self._workers.values())
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        if self._records:
+            await asyncio.gather(*self._records, return_exceptions=True)
+        await self._destination.close()

@@ -1,0 +1,127 @@
+"""From raw bytes to channel outcomes: decode, check the header, route, run the channels.
+
+Shared by live intake (which adds dedupe, the store and the ACK) and by replay (which adds
+the link to the original). Pure CPU work: no I/O, no awaiting.
+
+A message is rejected (AR) when it cannot be decoded or parsed, when MSH-9 or MSH-10 is
+missing, or when no channel routed from its listener accepts its type. The rejection says
+which HL7 error code (table 0357) and location (ERR-2) apply; its text never quotes content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.pipeline.channel import ChannelOutcome, CompiledChannel
+from engine.protocol.charset import CharsetError, decode_message
+from engine.protocol.er7 import Er7Error, Header, Message
+from engine.store.base import MessageKeys
+
+REQUIRED_FIELD_MISSING = 101
+DATA_TYPE_ERROR = 102
+UNSUPPORTED_MESSAGE_TYPE = 200
+UNSUPPORTED_EVENT = 201
+
+
+@dataclass(frozen=True)
+class Rejection:
+    code: int
+    location: str
+    text: str
+
+
+@dataclass
+class Decoded:
+    header: Header | None
+    text: str
+    codec: str
+    keys: MessageKeys = field(default_factory=MessageKeys)
+    rejection: Rejection | None = None
+
+    @property
+    def message_type(self) -> str:
+        return self.keys.message_type
+
+
+def decode(data: bytes) -> Decoded:
+    """Decode per MSH-18 and read the header and index keys; never raises on bad input."""
+    try:
+        header, text, codec = decode_message(data)
+    except CharsetError as exc:
+        return Decoded(
+            None, "", "utf-8", rejection=Rejection(DATA_TYPE_ERROR, "MSH^1^18", str(exc))
+        )
+    except Er7Error as exc:
+        return Decoded(None, "", "utf-8", rejection=Rejection(exc.code, exc.location, str(exc)))
+    keys = MessageKeys(
+        sender=header.sending_application,
+        facility=header.sending_facility,
+        control_id=header.control_id,
+        message_type=f"{header.message_type}^{header.trigger}" if header.message_type else "",
+        version=header.version,
+    )
+    if not header.control_id:
+        return Decoded(
+            header,
+            text,
+            codec,
+            keys,
+            Rejection(
+                REQUIRED_FIELD_MISSING, "MSH^1^10", "MSH-10 (message control id) is required"
+            ),
+        )
+    if not header.message_type or not header.trigger:
+        return Decoded(
+            header,
+            text,
+            codec,
+            keys,
+            Rejection(
+                REQUIRED_FIELD_MISSING, "MSH^1^9", "MSH-9 (message type and trigger) is required"
+            ),
+        )
+    try:
+        keys = _with_ids(keys, Message.parse(text))
+    except Er7Error as exc:
+        return Decoded(header, text, codec, keys, Rejection(exc.code, exc.location, str(exc)))
+    return Decoded(header, text, codec, keys)
+
+
+def _with_ids(keys: MessageKeys, message: Message) -> MessageKeys:
+    patients = tuple(dict.fromkeys(v for v in message.get_all("PID-3.1") if v))
+    appointments = tuple(
+        dict.fromkeys(v for v in (message.get("SCH-1.1"), message.get("SCH-2.1")) if v)
+    )
+    return MessageKeys(
+        sender=keys.sender,
+        facility=keys.facility,
+        control_id=keys.control_id,
+        message_type=keys.message_type,
+        version=keys.version,
+        patient_ids=patients,
+        appointment_ids=appointments,
+    )
+
+
+def route(
+    decoded: Decoded, channel_names: tuple[str, ...], channels: dict[str, CompiledChannel]
+) -> list[CompiledChannel] | Rejection:
+    """The channels of this listener that accept the message's type, or why none does."""
+    candidates = [channels[n] for n in channel_names if n in channels]
+    accepted = [c for c in candidates if c.accepts(decoded.message_type)]
+    if accepted:
+        return accepted
+    if not candidates:
+        return Rejection(
+            UNSUPPORTED_MESSAGE_TYPE, "MSH^1^9", "no channel is routed from this listener"
+        )
+    family = decoded.message_type.split("^", 1)[0] + "^"
+    same_family = any(t.startswith(family) for c in candidates for t in c.config.accept_types)
+    code = UNSUPPORTED_EVENT if same_family else UNSUPPORTED_MESSAGE_TYPE
+    return Rejection(code, "MSH^1^9", f"no route accepts message type {decoded.message_type}")
+
+
+def run_channels(
+    decoded: Decoded, channels: list[CompiledChannel], only: str | None = None
+) -> list[ChannelOutcome]:
+    return [c.run(decoded.text, decoded.codec, only) for c in channels]

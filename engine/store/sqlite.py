@@ -1,0 +1,244 @@
+"""The embedded SQLite store: the `Store` protocol over one file in WAL mode.
+
+Rule: writes go through the single group-commit writer thread (`sqlite_writer`), so a caller
+awaits exactly the commit that carries its rows; nothing is acknowledged before that commit
+returns (synchronous=FULL). Reads never touch the writer: the duplicate check, which runs
+once per message, is one indexed SELECT on a read connection of the event-loop thread plus a
+look at ingests still queued; searches and detail reads run on a small thread pool with a
+connection per thread, so a large table never stalls the loop.
+
+Schema: `sqlite_schema`; write operations: `sqlite_writes`; reads: `sqlite_queries`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from engine.store import sqlite_queries as queries
+from engine.store import sqlite_writes as writes
+from engine.store.base import (
+    Attempt,
+    Delivery,
+    DuplicateHit,
+    Ingest,
+    Ingested,
+    MessageDetail,
+    MessageFilter,
+    MessageRow,
+    StoreStats,
+)
+from engine.store.sqlite_schema import MIGRATIONS, Migration, connect, prepare
+from engine.store.sqlite_writer import GroupCommitWriter
+
+T = TypeVar("T")
+_DedupeKey = tuple[str, str]  # (MSH-3 sender, MSH-10 control id)
+
+
+@dataclass(eq=False)
+class _PendingIngest:
+    """An ingest queued but not yet committed, visible to the duplicate check meanwhile."""
+
+    key: _DedupeKey
+    received_at: float
+    settled: bool = False
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+class SqliteStore:
+    """`Store` on SQLite. `open()` creates or migrates the file; `close()` drains the writer."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        max_batch: int = 1024,
+        busy_timeout: float = 5.0,
+        read_threads: int = 2,
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._max_batch = max_batch
+        self._busy_timeout = busy_timeout
+        self._read_threads = read_threads
+        self._migrations = migrations
+        self._writer: GroupCommitWriter | None = None
+        self._closed_writer: GroupCommitWriter | None = None  # keeps stats() after close
+        self._hot_reader: sqlite3.Connection | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._pool_conns: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
+        self._pending: dict[_DedupeKey, list[_PendingIngest]] = {}
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            raise RuntimeError("store already open")
+        loop = asyncio.get_running_loop()
+        await asyncio.to_thread(prepare, self.path, self._migrations, self._busy_timeout)
+        write_conn = connect(self.path, check_same_thread=False, busy_timeout=self._busy_timeout)
+        self._hot_reader = connect(self.path, readonly=True, busy_timeout=self._busy_timeout)
+        self._pool = ThreadPoolExecutor(
+            max_workers=self._read_threads,
+            thread_name_prefix="store-read",
+            initializer=self._open_pool_conn,
+        )
+        self._writer = GroupCommitWriter(
+            write_conn, loop, max_batch=self._max_batch, on_settled=self._ingest_settled
+        )
+        self._writer.start()
+
+    async def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        self._closed_writer = writer
+        await writer.close()
+        if self._pool is not None:
+            await asyncio.to_thread(self._pool.shutdown, True)
+            self._pool = None
+        with self._pool_lock:
+            conns, self._pool_conns = self._pool_conns, []
+        for conn in conns:
+            conn.close()
+        if self._hot_reader is not None:
+            self._hot_reader.close()
+            self._hot_reader = None
+
+    @property
+    def writer(self) -> GroupCommitWriter:
+        """The group-commit writer (for diagnostics and tests that need to hold a batch)."""
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        return self._writer
+
+    def stats(self) -> StoreStats:
+        writer = self._writer or self._closed_writer
+        if writer is None:
+            return StoreStats()
+        s = writer.stats
+        return StoreStats(
+            commits=s.commits,
+            rows=s.rows,
+            commit_seconds=s.commit_seconds,
+            extra={
+                "transaction_seconds": s.transaction_seconds,
+                "ops": float(s.ops),
+                "failed_ops": float(s.failed_ops),
+                "batches": float(s.batches),
+                "max_batch": float(s.max_batch),
+                "rollbacks": float(s.rollbacks),
+                "pending_ingests": float(sum(len(v) for v in self._pending.values())),
+            },
+        )
+
+    # --- writes ------------------------------------------------------------------------
+
+    async def ingest(self, item: Ingest) -> Ingested:
+        writer = self.writer
+        m = item.message
+        pending: _PendingIngest | None = None
+        # A message stored as a duplicate is never itself an original to match against.
+        if m.status != "duplicate":
+            key = (m.keys.sender, m.keys.control_id)
+            pending = _PendingIngest(key, m.received_at)
+            self._pending.setdefault(key, []).append(pending)
+        return await writer.submit(writes.ingest, (item, self._clock()), pending)
+
+    def _ingest_settled(self, tag: object, ok: bool, value: Any) -> None:
+        # Runs on the loop right after the commit, before any waiting task resumes, so the
+        # row is visible to the read connection by the time the entry disappears.
+        assert isinstance(tag, _PendingIngest)
+        tag.settled = True
+        entries = self._pending.get(tag.key)
+        if entries is not None:
+            entries.remove(tag)
+            if not entries:
+                del self._pending[tag.key]
+        for waiter in tag.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def find_duplicate(
+        self, sender: str, control_id: str, since: float
+    ) -> DuplicateHit | None:
+        for entry in list(self._pending.get((sender, control_id), ())):
+            if entry.received_at >= since and not entry.settled:
+                # Same key still on its way to disk: wait for its commit (or failure), then
+                # the read below sees it, with its id and stored ACK.
+                waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                entry.waiters.append(waiter)
+                await waiter
+        if self._hot_reader is None:
+            raise RuntimeError("store is not open")
+        return queries.find_duplicate(self._hot_reader, sender, control_id, since)
+
+    async def record_attempt(self, attempt: Attempt) -> None:
+        await self.writer.submit(writes.record_attempt, (attempt, self._clock()))
+
+    async def claim_queued(self, destinations: list[str], limit: int) -> list[Delivery]:
+        if not destinations or limit <= 0:
+            return []
+        return await self.writer.submit(writes.claim_queued, (list(destinations), limit))
+
+    async def release_claims(self) -> int:
+        return await self.writer.submit(writes.release_claims, None)
+
+    async def requeue(self, delivery_ids: list[int]) -> int:
+        if not delivery_ids:
+            return 0
+        return await self.writer.submit(writes.requeue, (list(delivery_ids), self._clock()))
+
+    async def requeue_failed(self, destination: str) -> int:
+        return await self.writer.submit(writes.requeue_failed, (destination, self._clock()))
+
+    async def discard(self, delivery_ids: list[int]) -> int:
+        if not delivery_ids:
+            return 0
+        return await self.writer.submit(writes.discard, (list(delivery_ids), self._clock()))
+
+    # --- reads (thread pool) -----------------------------------------------------------
+
+    def _open_pool_conn(self) -> None:
+        conn = connect(
+            self.path, readonly=True, check_same_thread=False, busy_timeout=self._busy_timeout
+        )
+        self._local.conn = conn
+        with self._pool_lock:
+            self._pool_conns.append(conn)
+
+    def _with_pool_conn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn: sqlite3.Connection = self._local.conn
+        return fn(conn)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._with_pool_conn, fn)
+
+    async def search(self, flt: MessageFilter) -> list[MessageRow]:
+        return await self._read(partial(queries.search, flt=flt))
+
+    async def get(self, message_id: int) -> MessageDetail | None:
+        return await self._read(partial(queries.get, message_id=message_id))
+
+    async def deliveries(
+        self, destination: str | None = None, status: str | None = None, limit: int = 1000
+    ) -> list[Delivery]:
+        return await self._read(
+            partial(queries.deliveries, destination=destination, status=status, limit=limit)
+        )

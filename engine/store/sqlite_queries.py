@@ -1,0 +1,213 @@
+"""The reads of the SQLite store: SQL for search, show and listing, and row mapping.
+
+Rule: every function takes a connection it may use freely and only reads. Each statement's
+rows are fetched completely before returning, so no statement stays open and holds a WAL
+snapshot (which would hide later commits and block checkpoints). Values from the closed status
+sets are validated and inlined as literals so SQLite can pick the partial indexes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, Final, cast, get_args
+
+from engine.store.base import (
+    Attempt,
+    AttemptOutcome,
+    ChannelResultRow,
+    Delivery,
+    DeliveryStatus,
+    DuplicateHit,
+    MessageDetail,
+    MessageFilter,
+    MessageKeys,
+    MessageRow,
+    MessageStatus,
+    ResultStatus,
+)
+
+# A NULL payload means "the channel result's output" (see sqlite_schema).
+DELIVERY_COLUMNS: Final = (
+    "id, message_id, channel, destination, lane, status, attempts, next_attempt_at,"
+    " COALESCE(payload, (SELECT c.output FROM channel_results c"
+    " WHERE c.message_id = deliveries.message_id AND c.channel = deliveries.channel"
+    " ORDER BY c.id LIMIT 1)),"
+    " created_at, updated_at, last_code, last_error"
+)
+_MESSAGE_COLUMNS: Final = (
+    "id, received_at, listener, content_type, charset, sender, facility, control_id,"
+    " message_type, version, patient_ids, appointment_ids, status, ack_code, error, replay_of,"
+    " duplicate_of, size"
+)
+_RESULT_COLUMNS: Final = (
+    "id, message_id, channel, status, output, error, error_step, error_location"
+)
+_ATTEMPT_COLUMNS: Final = (
+    "a.delivery_id, a.number, a.started_at, a.latency, a.outcome, a.code, a.response, a.error,"
+    " a.next_attempt_at"
+)
+_MESSAGE_STATUSES: Final = frozenset(get_args(MessageStatus))
+_DELIVERY_STATUSES: Final = frozenset(get_args(DeliveryStatus))
+_SEPARATOR: Final = "\x1f"  # same as sqlite_writes.KEY_SEPARATOR
+
+_FIND_DUPLICATE: Final = """SELECT id, received_at, ack FROM messages
+    WHERE sender = ? AND control_id = ? AND received_at >= ? AND status <> 'duplicate'
+    ORDER BY received_at DESC, id DESC LIMIT 1"""
+
+
+def _split(joined: str) -> tuple[str, ...]:
+    return tuple(joined.split(_SEPARATOR)) if joined else ()
+
+
+def delivery_from_row(r: Any) -> Delivery:
+    return Delivery(
+        id=r[0], message_id=r[1], channel=r[2], destination=r[3], lane=r[4],
+        status=cast(DeliveryStatus, r[5]), attempts=r[6], next_attempt_at=r[7], payload=r[8],
+        created_at=r[9], updated_at=r[10], last_code=r[11], last_error=r[12],
+    )
+
+
+def _message_from_row(r: Any) -> MessageRow:
+    keys = MessageKeys(
+        sender=r[5], facility=r[6], control_id=r[7], message_type=r[8], version=r[9],
+        patient_ids=_split(r[10]), appointment_ids=_split(r[11]),
+    )
+    return MessageRow(
+        id=r[0], received_at=r[1], listener=r[2], content_type=r[3], charset=r[4], keys=keys,
+        status=cast(MessageStatus, r[12]), ack_code=r[13], error=r[14], replay_of=r[15],
+        duplicate_of=r[16], size=r[17],
+    )
+
+
+def _literal(value: str, allowed: frozenset[str], what: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(allowed)}")
+    return f"'{value}'"
+
+
+def find_duplicate(
+    conn: sqlite3.Connection, sender: str, control_id: str, since: float
+) -> DuplicateHit | None:
+    rows = conn.execute(_FIND_DUPLICATE, (sender, control_id, since)).fetchall()
+    if not rows:
+        return None
+    message_id, received_at, ack = rows[0]
+    return DuplicateHit(message_id=message_id, received_at=received_at, ack=ack)
+
+
+def search(conn: sqlite3.Connection, flt: MessageFilter) -> list[MessageRow]:
+    """Newest (highest id) first; `before_id` pages; `until` is exclusive."""
+    if flt.limit <= 0:
+        return []
+    where: list[str] = []
+    params: list[object] = []
+    if flt.status is not None:
+        where.append(f"status = {_literal(flt.status, _MESSAGE_STATUSES, 'message status')}")
+    if flt.channel is not None:
+        where.append("id IN (SELECT message_id FROM channel_results WHERE channel = ?)")
+        params.append(flt.channel)
+    if flt.destination is not None or flt.delivery_status is not None:
+        conds = []
+        if flt.destination is not None:
+            conds.append("destination = ?")
+            params.append(flt.destination)
+        if flt.delivery_status is not None:
+            status = _literal(flt.delivery_status, _DELIVERY_STATUSES, "delivery status")
+            conds.append(f"status = {status}")
+        where.append(f"id IN (SELECT message_id FROM deliveries WHERE {' AND '.join(conds)})")
+    if flt.since is not None:
+        where.append("received_at >= ?")
+        params.append(flt.since)
+    if flt.until is not None:
+        where.append("received_at < ?")
+        params.append(flt.until)
+    if flt.control_id is not None:
+        where.append("control_id = ?")
+        params.append(flt.control_id)
+    for kind, value in (("patient", flt.patient_id), ("appointment", flt.appointment_id)):
+        if value is not None:
+            where.append(
+                f"id IN (SELECT message_id FROM message_keys WHERE kind = '{kind}' AND value = ?)"
+            )
+            params.append(value)
+    if flt.message_type is not None:
+        where.append("message_type = ?")
+        params.append(flt.message_type)
+    if flt.before_id is not None:
+        where.append("id < ?")
+        params.append(flt.before_id)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages {clause} ORDER BY id DESC LIMIT ?"
+    params.append(flt.limit)
+    return [_message_from_row(r) for r in conn.execute(sql, params).fetchall()]
+
+
+def get(conn: sqlite3.Connection, message_id: int) -> MessageDetail | None:
+    """The whole story of one message, read in one snapshot."""
+    conn.execute("BEGIN")
+    try:
+        row = conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS}, raw, ack FROM messages WHERE id = ?", (message_id,)
+        ).fetchall()
+        if not row:
+            return None
+        results = conn.execute(
+            f"SELECT {_RESULT_COLUMNS} FROM channel_results WHERE message_id = ? ORDER BY id",
+            (message_id,),
+        ).fetchall()
+        deliveries = conn.execute(
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ? ORDER BY id",
+            (message_id,),
+        ).fetchall()
+        attempts = conn.execute(
+            f"SELECT {_ATTEMPT_COLUMNS} FROM attempts a JOIN deliveries d"
+            " ON d.id = a.delivery_id WHERE d.message_id = ? ORDER BY a.delivery_id, a.id",
+            (message_id,),
+        ).fetchall()
+        replays = conn.execute(
+            "SELECT id FROM messages WHERE replay_of = ? ORDER BY id", (message_id,)
+        ).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    r = row[0]
+    return MessageDetail(
+        message=_message_from_row(r),
+        raw=r[18],
+        ack=r[19],
+        results=tuple(
+            ChannelResultRow(
+                id=x[0], message_id=x[1], channel=x[2], status=cast(ResultStatus, x[3]),
+                output=x[4], error=x[5], error_step=x[6], error_location=x[7],
+            )
+            for x in results
+        ),
+        deliveries=tuple(delivery_from_row(d) for d in deliveries),
+        attempts=tuple(
+            Attempt(
+                delivery_id=a[0], number=a[1], started_at=a[2], latency=a[3],
+                outcome=cast(AttemptOutcome, a[4]), code=a[5], response=a[6], error=a[7],
+                next_attempt_at=a[8],
+            )
+            for a in attempts
+        ),
+        replays=tuple(x[0] for x in replays),
+    )
+
+
+def deliveries(
+    conn: sqlite3.Connection, destination: str | None, status: str | None, limit: int
+) -> list[Delivery]:
+    """In id (= arrival) order."""
+    if limit <= 0:
+        return []
+    where: list[str] = []
+    params: list[object] = []
+    if destination is not None:
+        where.append("destination = ?")
+        params.append(destination)
+    if status is not None:
+        where.append(f"status = {_literal(status, _DELIVERY_STATUSES, 'delivery status')}")
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    sql = f"SELECT {DELIVERY_COLUMNS} FROM deliveries {clause} ORDER BY id LIMIT ?"
+    params.append(limit)
+    return [delivery_from_row(r) for r in conn.execute(sql, params).fetchall()]

@@ -1,0 +1,208 @@
+"""SQLite schema of the engine store: connection settings, DDL and ordered migrations.
+
+Rule: `PRAGMA user_version` is the number of entries of `MIGRATIONS` applied to the file.
+Opening runs the missing ones in order, each in its own IMMEDIATE transaction together with
+its version bump (so a crash or a second process never sees half a migration); a file whose
+version is newer than this code is refused and left untouched. Migrations are append-only:
+never edit a released one, add the next.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+Migration = tuple[str, ...]
+
+# Version 1. Bodies are BLOBs so that at-rest encryption can wrap them later without a type
+# change. Key lists are also kept joined (US-separated) on the message row so that listing
+# messages needs no join; message_keys exists for searching them. A delivery's payload is
+# NULL when it is byte for byte its channel result's output (the usual case: a destination
+# never transforms), which saves a copy per destination and about a third of the bytes each
+# ingest commits.
+_V1: Migration = (
+    """CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        received_at REAL NOT NULL,
+        listener TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        charset TEXT NOT NULL,
+        raw BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        sender TEXT NOT NULL,
+        facility TEXT NOT NULL,
+        control_id TEXT NOT NULL,
+        message_type TEXT NOT NULL,
+        version TEXT NOT NULL,
+        patient_ids TEXT NOT NULL,
+        appointment_ids TEXT NOT NULL,
+        status TEXT NOT NULL,
+        ack_code TEXT NOT NULL,
+        ack BLOB NOT NULL,
+        error TEXT NOT NULL,
+        replay_of INTEGER REFERENCES messages(id),
+        duplicate_of INTEGER REFERENCES messages(id)
+    )""",
+    "CREATE INDEX messages_received_at ON messages(received_at)",
+    "CREATE INDEX messages_status ON messages(status)",
+    "CREATE INDEX messages_dedupe ON messages(sender, control_id, received_at)",
+    "CREATE INDEX messages_control_id ON messages(control_id)",
+    # Partial: most rows have neither, so these cost nothing on the hot insert.
+    "CREATE INDEX messages_replay_of ON messages(replay_of) WHERE replay_of IS NOT NULL",
+    "CREATE INDEX messages_duplicate_of ON messages(duplicate_of) WHERE duplicate_of IS NOT NULL",
+    """CREATE TABLE message_keys (
+        kind TEXT NOT NULL CHECK (kind IN ('patient', 'appointment')),
+        value TEXT NOT NULL,
+        message_id INTEGER NOT NULL REFERENCES messages(id),
+        PRIMARY KEY (kind, value, message_id)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE channel_results (
+        id INTEGER PRIMARY KEY,
+        message_id INTEGER NOT NULL REFERENCES messages(id),
+        channel TEXT NOT NULL,
+        status TEXT NOT NULL,
+        output BLOB NOT NULL,
+        error TEXT NOT NULL,
+        error_step TEXT NOT NULL,
+        error_location TEXT NOT NULL
+    )""",
+    "CREATE INDEX channel_results_message ON channel_results(message_id, channel)",
+    "CREATE INDEX channel_results_channel ON channel_results(channel, message_id)",
+    """CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY,
+        message_id INTEGER NOT NULL REFERENCES messages(id),
+        channel TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        lane TEXT NOT NULL,
+        status TEXT NOT NULL,
+        claimed INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        round_attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        payload BLOB,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_code TEXT NOT NULL DEFAULT '',
+        last_error TEXT NOT NULL DEFAULT ''
+    )""",
+    "CREATE INDEX deliveries_message ON deliveries(message_id)",
+    "CREATE INDEX deliveries_destination ON deliveries(destination, status)",
+    # Claim and release touch only queued rows; failed ones are what operators list and retry.
+    "CREATE INDEX deliveries_queued ON deliveries(claimed, destination) WHERE status = 'queued'",
+    "CREATE INDEX deliveries_failed ON deliveries(id) WHERE status = 'failed'",
+    """CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
+        number INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        latency REAL NOT NULL,
+        outcome TEXT NOT NULL,
+        code TEXT NOT NULL,
+        response BLOB NOT NULL,
+        error TEXT NOT NULL,
+        next_attempt_at REAL
+    )""",
+    "CREATE INDEX attempts_delivery ON attempts(delivery_id)",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1,)
+
+
+class StoreSchemaError(RuntimeError):
+    """The database cannot be used by this engine (too new, or not a usable SQLite file)."""
+
+
+def connect(
+    path: str | os.PathLike[str],
+    *,
+    readonly: bool = False,
+    check_same_thread: bool = True,
+    busy_timeout: float = 5.0,
+) -> sqlite3.Connection:
+    """A connection with the store's settings. Autocommit mode (isolation_level None): every
+    transaction is explicit, and a reader never holds a snapshot between statements."""
+    conn = sqlite3.connect(
+        path,
+        timeout=busy_timeout,  # busy_timeout: another process (the CLI) may hold the lock
+        isolation_level=None,
+        check_same_thread=check_same_thread,
+        cached_statements=256,
+    )
+    try:
+        conn.execute("PRAGMA foreign_keys = ON")
+        # FULL: the WAL is fsynced at every commit: an acknowledged message survives power loss.
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA cache_size = -16000")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        if readonly:
+            conn.execute("PRAGMA query_only = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0])
+
+
+def _refuse_newer(version: int, known: int) -> None:
+    if version > known:
+        raise StoreSchemaError(
+            f"database schema version {version} is newer than this engine supports ({known});"
+            " upgrade the engine, or point it at another database"
+        )
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Apply the missing migrations in order; returns the resulting version."""
+    known = len(migrations)
+    version = user_version(conn)
+    _refuse_newer(version, known)
+    while version < known:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another process may have migrated meanwhile.
+            current = user_version(conn)
+            _refuse_newer(current, known)
+            if current == version:
+                for statement in migrations[version]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        version = user_version(conn)
+    return version
+
+
+def prepare(
+    path: str | os.PathLike[str],
+    migrations: Sequence[Migration] = MIGRATIONS,
+    busy_timeout: float = 5.0,
+) -> int:
+    """Create the file if needed (owner-only: it holds PHI), switch it to WAL and migrate it.
+    Returns the schema version."""
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    if not file.exists():
+        os.close(os.open(file, os.O_CREAT | os.O_WRONLY, 0o600))
+    try:
+        conn = connect(file, busy_timeout=busy_timeout)
+    except sqlite3.DatabaseError as exc:
+        raise StoreSchemaError(f"{file} is not a usable SQLite database: {exc}") from exc
+    try:
+        version = user_version(conn)
+        # Refuse before switching journal modes: a newer database is left exactly as it was.
+        _refuse_newer(version, len(migrations))
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreSchemaError(f"{file}: cannot switch to WAL journal mode (got {mode})")
+        return migrate(conn, migrations)
+    finally:
+        conn.close()

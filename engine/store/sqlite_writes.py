@@ -1,0 +1,156 @@
+"""The write operations of the SQLite store, run by the group-commit writer thread.
+
+Rule: each function is `op(conn, arg) -> result`, runs inside a transaction the writer opened
+and touches nothing but that connection (a failed batch is re-run op by op, so an op must be
+safe to run twice). Times come in `arg` (taken on the event loop from the store's clock), never
+from the writer thread, so a fake clock controls them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Final
+
+from engine.store.base import Attempt, Delivery, Ingest, Ingested
+from engine.store.sqlite_queries import DELIVERY_COLUMNS, delivery_from_row
+
+KEY_SEPARATOR: Final = "\x1f"  # ASCII unit separator: cannot occur in an HL7 or FHIR id
+
+_INSERT_MESSAGE: Final = """INSERT INTO messages (received_at, listener, content_type, charset,
+    raw, size, sender, facility, control_id, message_type, version, patient_ids,
+    appointment_ids, status, ack_code, ack, error, replay_of, duplicate_of)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+_INSERT_KEY: Final = "INSERT OR IGNORE INTO message_keys (kind, value, message_id) VALUES (?, ?, ?)"
+_INSERT_RESULT: Final = """INSERT INTO channel_results (message_id, channel, status, output,
+    error, error_step, error_location) VALUES (?, ?, ?, ?, ?, ?, ?)"""
+_INSERT_DELIVERY: Final = """INSERT INTO deliveries (message_id, channel, destination, lane,
+    status, claimed, next_attempt_at, payload, created_at, updated_at)
+    VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"""
+_INSERT_ATTEMPT: Final = """INSERT INTO attempts (delivery_id, number, started_at, latency,
+    outcome, code, response, error, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+# A delivery discarded while its attempt was in flight stays discarded unless the attempt
+# actually delivered it: the record must say what happened at the other side.
+_UPDATE_AFTER_ATTEMPT: Final = """UPDATE deliveries SET
+    attempts = attempts + 1,
+    round_attempts = round_attempts + 1,
+    status = CASE WHEN status = 'discarded' AND ?1 <> 'sent' THEN status ELSE ?1 END,
+    next_attempt_at = COALESCE(?2, next_attempt_at),
+    last_code = ?3, last_error = ?4, updated_at = ?5
+    WHERE id = ?6"""
+_STATUS_AFTER: Final = {"sent": "sent", "retry": "queued", "failed": "failed"}
+
+_CLAIM: Final = f"""UPDATE deliveries SET claimed = 1 WHERE id IN (
+    SELECT id FROM deliveries
+    WHERE status = 'queued' AND claimed = 0
+      AND destination IN (SELECT value FROM json_each(?))
+    ORDER BY id LIMIT ?)
+    RETURNING {DELIVERY_COLUMNS}"""
+_RELEASE: Final = "UPDATE deliveries SET claimed = 0 WHERE status = 'queued' AND claimed = 1"
+_REQUEUE_SET: Final = """UPDATE deliveries SET status = 'queued', claimed = 0,
+    round_attempts = 0, next_attempt_at = ?, updated_at = ?"""
+_REQUEUE: Final = f"""{_REQUEUE_SET}
+    WHERE status = 'failed' AND id IN (SELECT value FROM json_each(?))"""
+_REQUEUE_FAILED: Final = f"{_REQUEUE_SET} WHERE status = 'failed' AND destination = ?"
+_DISCARD: Final = """UPDATE deliveries SET status = 'discarded', claimed = 0, updated_at = ?
+    WHERE status IN ('queued', 'failed') AND id IN (SELECT value FROM json_each(?))"""
+
+
+def _lastrowid(cursor: sqlite3.Cursor) -> int:
+    rowid = cursor.lastrowid
+    assert rowid is not None  # an INSERT that returned always has one
+    return rowid
+
+
+def ingest(conn: sqlite3.Connection, arg: tuple[Ingest, float]) -> Ingested:
+    """Message, keys, channel results and deliveries. Deliveries are born claimed when this
+    process sends them itself (`Ingest.claimed`), else left for the running engine to claim."""
+    item, now = arg
+    m = item.message
+    k = m.keys
+    cur = conn.cursor()
+    cur.execute(
+        _INSERT_MESSAGE,
+        (
+            m.received_at, m.listener, m.content_type, m.charset, m.raw, len(m.raw),
+            k.sender, k.facility, k.control_id, k.message_type, k.version,
+            KEY_SEPARATOR.join(k.patient_ids), KEY_SEPARATOR.join(k.appointment_ids),
+            m.status, m.ack_code, m.ack, m.error, m.replay_of, m.duplicate_of,
+        ),
+    )
+    message_id = _lastrowid(cur)
+    if k.patient_ids or k.appointment_ids:
+        cur.executemany(
+            _INSERT_KEY,
+            [("patient", v, message_id) for v in k.patient_ids if v]
+            + [("appointment", v, message_id) for v in k.appointment_ids if v],
+        )
+    if item.results:
+        cur.executemany(
+            _INSERT_RESULT,
+            [
+                (message_id, r.channel, r.status, r.output, r.error, r.error_step,
+                 r.error_location)
+                for r in item.results
+            ],
+        )
+    outputs: dict[str, bytes] = {}
+    for r in item.results:
+        outputs.setdefault(r.channel, r.output)  # the first one: what reads pick too
+    claimed = 1 if item.claimed else 0
+    delivery_ids: list[int] = []
+    for d in item.deliveries:
+        output = outputs.get(d.channel)
+        payload = None if output is not None and output == d.payload else d.payload
+        cur.execute(
+            _INSERT_DELIVERY,
+            (message_id, d.channel, d.destination, d.lane, claimed, d.next_attempt_at, payload,
+             now, now),
+        )
+        delivery_ids.append(_lastrowid(cur))
+    return Ingested(message_id, tuple(delivery_ids))
+
+
+def record_attempt(conn: sqlite3.Connection, arg: tuple[Attempt, float]) -> None:
+    """The attempt row and the delivery's new state commit together."""
+    a, now = arg
+    cur = conn.cursor()
+    # Foreign keys make an attempt for an unknown delivery fail here, before the update.
+    cur.execute(
+        _INSERT_ATTEMPT,
+        (a.delivery_id, a.number, a.started_at, a.latency, a.outcome, a.code, a.response,
+         a.error, a.next_attempt_at),
+    )
+    next_at = a.next_attempt_at if a.outcome == "retry" else None
+    cur.execute(
+        _UPDATE_AFTER_ATTEMPT,
+        (_STATUS_AFTER[a.outcome], next_at, a.code, a.error, now, a.delivery_id),
+    )
+    if cur.rowcount != 1:
+        raise LookupError(f"delivery {a.delivery_id} does not exist")
+
+
+def claim_queued(conn: sqlite3.Connection, arg: tuple[list[str], int]) -> list[Delivery]:
+    destinations, limit = arg
+    rows = conn.execute(_CLAIM, (json.dumps(destinations), limit)).fetchall()
+    # RETURNING gives no order guarantee; callers rely on oldest first.
+    return sorted((delivery_from_row(r) for r in rows), key=lambda d: d.id)
+
+
+def release_claims(conn: sqlite3.Connection, _: None) -> int:
+    return conn.execute(_RELEASE).rowcount
+
+
+def requeue(conn: sqlite3.Connection, arg: tuple[list[int], float]) -> int:
+    ids, now = arg
+    return conn.execute(_REQUEUE, (now, now, json.dumps(ids))).rowcount
+
+
+def requeue_failed(conn: sqlite3.Connection, arg: tuple[str, float]) -> int:
+    destination, now = arg
+    return conn.execute(_REQUEUE_FAILED, (now, now, destination)).rowcount
+
+
+def discard(conn: sqlite3.Connection, arg: tuple[list[int], float]) -> int:
+    ids, now = arg
+    return conn.execute(_DISCARD, (now, json.dumps(ids))).rowcount

@@ -1,0 +1,255 @@
+"""The test kit's fake EHR: an MLLP server that records what it receives and answers the way a
+test (or `engine fake-ehr`) asks.
+
+The rule it keeps: it behaves like a real peer on the wire. Each message is framed with the
+project's Framer, answered with a real ACK from `build_ack` (MSA-2 = the message's MSH-10,
+encoded in the message's MSH-18 charset) on the connection it came from, and `stop()` closes
+the listener and every open connection, so a destination sees the EHR go down.
+
+Modes (`FakeEhr.mode`, settable while running; `script` holds modes used one per message
+before falling back to `mode`):
+
+- "aa" / "ae" / "ar": answer AA / AE / AR.
+- "timeout": record the message, never answer.
+- "wrong-id": answer AA, but for another control id (MSA-2 = "NOT-" + the MSH-10).
+- "drop": close the connection on receipt without answering. The message is NOT added to
+  `received` (the EHR "crashed before storing it"); it is counted in `dropped`.
+
+Something that is not HL7 v2 is recorded and answered AR whatever the mode. Tests wait with
+`wait_for(count)` / `wait_until(predicate)`: both wait on a condition, never on the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from engine.protocol.ack import build_ack
+from engine.protocol.charset import decode_message
+from engine.protocol.er7 import Er7Error, Header, peek_header
+from engine.protocol.mllp import Frame, Framer, Oversized, frame
+
+log = logging.getLogger(__name__)
+
+MODES = frozenset({"aa", "ae", "ar", "timeout", "drop", "wrong-id"})
+_ACK_TEXT = {"AA": "", "AE": "fake EHR: application error", "AR": "fake EHR: rejected"}
+_SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
+
+
+class FakeEhr:
+    """An MLLP EHR on host:port (0 = any free port; read `port` after `start`)."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        mode: str = "aa",
+        on_message: Callable[[bytes], None] | None = None,
+        *,
+        max_message_bytes: int = 10 * 1024 * 1024,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.mode = mode
+        self.on_message = on_message
+        self.max_message_bytes = max_message_bytes
+        self.received: list[bytes] = []
+        self.script: list[str] = []
+        self.accepted = 0  # connections accepted since construction
+        self.dropped = 0  # messages closed on in "drop" mode
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self._changed: asyncio.Condition | None = None
+        self._acks = 0
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in MODES:
+            raise ValueError(f"unknown fake EHR mode {value!r}; expected one of {sorted(MODES)}")
+        self._mode = value
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._writers)
+
+    async def start(self) -> None:
+        self._changed = asyncio.Condition()
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        # Aborting a connection ends its handler (its read returns EOF); cancelling the handler
+        # instead would make asyncio log the cancellation as an error.
+        for writer in list(self._writers):
+            writer.transport.abort()
+        handlers = list(self._handlers)
+        if handlers:
+            await asyncio.wait(handlers)
+        await server.wait_closed()
+
+    async def __aenter__(self) -> FakeEhr:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled (the CLI's Ctrl-C), then stop cleanly."""
+        if self._server is None:
+            await self.start()
+        try:
+            await asyncio.Future()  # only cancellation ends this
+        finally:
+            await self.stop()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Wait until `predicate()` holds; it is re-checked whenever a connection opens or
+        closes or a message arrives. Raises TimeoutError after `timeout` seconds."""
+        if self._changed is None:
+            raise RuntimeError("FakeEhr is not started")
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(predicate)
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[bytes]:
+        """The first `count` received payloads, once that many have arrived."""
+        try:
+            await self.wait_until(lambda: len(self.received) >= count, timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"fake EHR expected {count} messages within {timeout:g} s, "
+                f"got {len(self.received)}"
+            ) from None
+        return self.received[:count]
+
+    async def _notify(self) -> None:
+        assert self._changed is not None
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self._writers.add(writer)
+        self.accepted += 1
+        await self._notify()
+        framer = Framer(max_size=self.max_message_bytes)
+        try:
+            while data := await reader.read(65536):
+                for event in framer.feed(data):
+                    if isinstance(event, Oversized):
+                        return  # a real EHR would give up on such a peer too
+                    if isinstance(event, Frame) and not await self._answer(event.payload, writer):
+                        return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            log.exception("fake EHR: connection handler failed")
+        finally:
+            self._writers.discard(writer)
+            self._handlers.discard(task)
+            writer.transport.abort()
+            with contextlib.suppress(Exception):
+                await self._notify()
+
+    async def _answer(self, payload: bytes, writer: asyncio.StreamWriter) -> bool:
+        """Handle one message; False when the connection is to be closed."""
+        mode = self.script.pop(0) if self.script else self.mode
+        if mode not in MODES:
+            raise ValueError(f"unknown fake EHR mode {mode!r} in script")
+        if mode == "drop":
+            self.dropped += 1
+            await self._notify()
+            return False
+        header, codec, problem = _read(payload)
+        self.received.append(payload)
+        if self.on_message is not None:
+            self.on_message(payload)
+        await self._notify()
+        if mode == "timeout":
+            return True
+        if problem or header is None:
+            ack = self._ack(header, "AR", f"fake EHR: {problem}")
+        elif mode == "wrong-id":
+            ack = self._ack(_acking(header, "NOT-" + header.control_id), "AA", "")
+        else:
+            code = mode.upper()
+            ack = self._ack(header, code, _ACK_TEXT[code])
+        writer.write(frame(ack.encode(codec, errors="replace")))
+        await writer.drain()
+        return True
+
+    def _ack(self, header: Header | None, code: str, text: str) -> str:
+        self._acks += 1
+        return build_ack(
+            header, code, text, control_id=f"FAKEACK{self._acks:06d}", now=datetime.now(UTC)
+        )
+
+
+def _read(payload: bytes) -> tuple[Header | None, str, str]:
+    """(header, codec, problem); problem is "" for a readable HL7 v2 message. One whose bytes
+    do not fit its charset still gets its header (read as latin-1), so the AR names its MSH-10.
+    """
+    try:
+        header, _, codec = decode_message(payload)
+        return header, codec, ""
+    except Er7Error as exc:
+        problem = str(exc)
+    try:
+        return peek_header(payload), "utf-8", problem
+    except Er7Error:
+        return None, "utf-8", "not an HL7 v2 message"
+
+
+def _acking(header: Header, control_id: str) -> Header:
+    """The header with another MSH-10, so that build_ack's MSA-2 names that id instead."""
+    fields = list(header.fields)
+    fields[10] = control_id
+    return dataclasses.replace(header, control_id=control_id, fields=tuple(fields))
+
+
+def format_message(payload: bytes) -> str:
+    """A received message for a console: control id and type, then one segment per line."""
+    header, codec, problem = _read(payload)
+    if header is None or problem:
+        return f"{problem} ({len(payload)} bytes)"
+    kind = "^".join(p for p in (header.message_type, header.trigger) if p)
+    lines = [f"control id {header.control_id or '-'}  type {kind or '-'}"]
+    text = payload.decode(codec, errors="replace")
+    lines += ["  " + segment for segment in _SEGMENT_SPLIT.split(text) if segment]
+    return "\n".join(lines)
+
+
+def printer(write: Callable[[str], Any] = print) -> Callable[[bytes], None]:
+    """An `on_message` callback that writes `format_message` of each message."""
+
+    def show(payload: bytes) -> None:
+        write(format_message(payload))
+
+    return show
+
+
+async def run(
+    port: int, host: str = "127.0.0.1", mode: str = "aa", write: Callable[[str], Any] = print
+) -> None:
+    """`engine fake-ehr`: listen, print every message, serve until cancelled."""
+    ehr = FakeEhr(host, port, mode, on_message=printer(write))
+    await ehr.start()
+    write(f"fake EHR listening on {host}:{ehr.port} (mode {mode})")
+    await ehr.serve_forever()

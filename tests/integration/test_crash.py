@@ -1,0 +1,91 @@
+"""`kill -9` of a real engine process while messages flow: after a restart every message that
+got an AA is delivered (at least once). Nothing acknowledged is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from engine.protocol.er7 import peek_header
+from engine.testing.fake_ehr import FakeEhr
+from engine.testing.mllp_client import MllpClient
+from tests.integration.conftest import ack_code, channel, free_port, sample, write_config
+
+SENDERS = 4
+KILL_AFTER = 300  # AAs before the kill
+
+
+def start_engine(routes: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "engine", "run", "--config", str(routes),
+             "--log-level", "warning"],
+            cwd=routes.parent, stdout=out, stderr=out,
+        )
+
+
+async def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            assert proc.poll() is None, "the engine exited"
+            try:
+                client = await MllpClient.connect("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)  # the port is not open yet
+                continue
+            await client.close()
+            return
+
+
+async def test_kill_9_loses_nothing_that_was_acked(tmp_path: Path) -> None:
+    listen, ehr_port = free_port(), free_port()
+    routes = write_config(tmp_path, listen, {"to-ehr": channel(ehr_port)})
+    log = tmp_path / "engine.log"
+    base = sample("siu_s12_new_patient.hl7")
+    acked: set[str] = set()
+    enough = asyncio.Event()
+
+    async def sender(n: int) -> None:
+        try:
+            async with await MllpClient.connect("127.0.0.1", listen) as client:
+                for i in range(100_000):
+                    control_id = f"K{n}X{i:06d}"
+                    data = base.replace(b"MSG00001", control_id.encode(), 1)
+                    data = data.replace(b"APT1001", f"APT{i % 50:04d}".encode(), 1)
+                    if ack_code(await client.send(data, timeout=10)) == "AA":
+                        acked.add(control_id)
+                    if len(acked) >= KILL_AFTER:
+                        enough.set()
+        except (ConnectionError, OSError, TimeoutError):
+            return  # the engine was killed under us
+
+    async with FakeEhr(port=ehr_port) as ehr:
+        proc = start_engine(routes, log)
+        try:
+            await wait_listening(listen, proc)
+            senders = [asyncio.create_task(sender(n)) for n in range(SENDERS)]
+            await asyncio.wait_for(enough.wait(), 60)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            await asyncio.gather(*senders)
+            delivered_before = len(ehr.received)
+            assert len(acked) >= KILL_AFTER
+
+            proc = start_engine(routes, log)
+            await wait_listening(listen, proc)
+
+            def all_acked_delivered() -> bool:
+                return acked <= {peek_header(p).control_id for p in ehr.received}
+
+            await ehr.wait_until(all_acked_delivered, timeout=60)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    received = [peek_header(p).control_id for p in ehr.received]
+    missing = acked - set(received)
+    assert not missing, f"{len(missing)} acknowledged messages were never delivered"
+    assert delivered_before <= len(received)
