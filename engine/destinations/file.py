@@ -149,7 +149,9 @@ def write_atomically(directory: Path, name: str, data: bytes) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     if created:
         _fsync_dir(directory.parent)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    # Hidden and suffixed, so a reader globbing `*.hl7` never picks up a file being written;
+    # the name is cut so that prefix + random part + suffix stays within NAME_MAX.
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name[:200]}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)

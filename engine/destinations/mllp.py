@@ -19,6 +19,7 @@ import contextlib
 import logging
 import select
 from collections import deque
+from typing import cast
 
 from engine.config.model import DestinationConfig
 from engine.config.registry import Plugin
@@ -192,7 +193,8 @@ class MllpDestination:
     async def _exchange(self, link: _Link, payload: bytes, expected: str) -> tuple[Outcome, bool]:
         """One message out, one ACK in. Returns the outcome and whether the connection is still
         in step (safe to reuse)."""
-        link.send(frame(payload))
+        if not link.send(frame(payload)):
+            return Retry(f"connection to {self.peer} closed before the message was sent"), False
         try:
             async with asyncio.timeout(self.ack_timeout):
                 event = await link.next_event()
@@ -276,8 +278,8 @@ class _Link(asyncio.Protocol):
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if not self._expecting and data.strip(_IDLE_SKIPPABLE):
@@ -302,10 +304,18 @@ class _Link(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def send(self, data: bytes) -> None:
-        assert self._transport is not None
+    def send(self, data: bytes) -> bool:
+        """Write one framed message; False if the connection is already going away (a peer
+        may close right after accepting, before we write)."""
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._lost:
+            return False
         self._expecting = True
-        self._transport.write(data)
+        try:
+            transport.write(data)
+        except (OSError, RuntimeError):  # uvloop raises on a transport closed under us
+            return False
+        return True
 
     async def next_event(self) -> Event | None:
         """The next framing event, or None once the connection is gone with nothing pending."""

@@ -97,7 +97,11 @@ class SqliteStore:
             initializer=self._open_pool_conn,
         )
         self._writer = GroupCommitWriter(
-            write_conn, loop, max_batch=self._max_batch, on_settled=self._ingest_settled
+            write_conn,
+            loop,
+            max_batch=self._max_batch,
+            on_settled=self._ingest_settled,
+            batched=writes.BATCHED,
         )
         self._writer.start()
 

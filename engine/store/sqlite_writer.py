@@ -20,7 +20,7 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, TypeVar
@@ -77,6 +77,7 @@ class GroupCommitWriter:
         max_batch: int = 1024,
         on_settled: Settled | None = None,
         name: str = "store-writer",
+        batched: Mapping[object, object] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -84,6 +85,10 @@ class GroupCommitWriter:
         self._loop = loop
         self._max_batch = max_batch
         self._on_settled = on_settled
+        # op -> the same op for a list of args (see `_run_ops`)
+        self._batched: Mapping[object, Callable[[sqlite3.Connection, list[Any]], list[Any]]] = (
+            batched or {}  # type: ignore[assignment]
+        )
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()  # None: stop
         self._closed = False
         self._stopped: asyncio.Future[None] = loop.create_future()
@@ -183,7 +188,7 @@ class GroupCommitWriter:
         conn.execute("BEGIN IMMEDIATE")
         try:
             try:
-                results = [fn(conn, arg) for fn, arg, _fut, _tag in batch]
+                results = self._run_ops(conn, batch)
             except Exception as exc:
                 raise _OpFailed(exc) from exc
             committing = perf_counter()
@@ -200,6 +205,29 @@ class GroupCommitWriter:
         stats.rows += conn.total_changes - changes
         stats.commit_seconds += done - committing
         stats.transaction_seconds += done - started
+        return results
+
+    def _run_ops(self, conn: sqlite3.Connection, batch: list[_Item]) -> list[Any]:
+        """Run the batch's ops in order, except that batchable ops between two ordinary ones
+        are grouped by kind and run once per kind (their results put back in place)."""
+        results: list[Any] = [None] * len(batch)
+        groups: dict[object, list[int]] = {}
+
+        def flush() -> None:
+            for op, positions in groups.items():
+                many = self._batched[op]
+                outs = many(conn, [batch[i][1] for i in positions])
+                for i, out in zip(positions, outs, strict=True):
+                    results[i] = out
+            groups.clear()
+
+        for i, (fn, arg, _fut, _tag) in enumerate(batch):
+            if fn in self._batched:
+                groups.setdefault(fn, []).append(i)
+            else:
+                flush()
+                results[i] = fn(conn, arg)
+        flush()
         return results
 
     # --- back on the event loop ----------------------------------------------------------

@@ -22,13 +22,12 @@ Something that is not HL7 v2 is recorded and answered AR whatever the mode. Test
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from engine.protocol.ack import build_ack
 from engine.protocol.charset import decode_message
@@ -63,10 +62,9 @@ class FakeEhr:
         self.script: list[str] = []
         self.accepted = 0  # connections accepted since construction
         self.dropped = 0  # messages closed on in "drop" mode
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
-        self._changed: asyncio.Condition | None = None
+        self._waiters: list[asyncio.Future[None]] = []
         self._acks = 0
 
     @property
@@ -81,25 +79,24 @@ class FakeEhr:
 
     @property
     def open_connections(self) -> int:
-        return len(self._writers)
+        return len(self._connections)
 
     async def start(self) -> None:
-        self._changed = asyncio.Condition()
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        """Close the listener and every connection; returns once their sockets are closed, so
+        a peer already sees the EHR gone."""
         server, self._server = self._server, None
         if server is None:
             return
         server.close()
-        # Aborting a connection ends its handler (its read returns EOF); cancelling the handler
-        # instead would make asyncio log the cancellation as an error.
-        for writer in list(self._writers):
-            writer.transport.abort()
-        handlers = list(self._handlers)
-        if handlers:
-            await asyncio.wait(handlers)
+        connections = list(self._connections)
+        for conn in connections:
+            conn.abort()
+        await asyncio.gather(*(conn.lost for conn in connections))
         await server.wait_closed()
 
     async def __aenter__(self) -> FakeEhr:
@@ -121,10 +118,12 @@ class FakeEhr:
     async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         """Wait until `predicate()` holds; it is re-checked whenever a connection opens or
         closes or a message arrives. Raises TimeoutError after `timeout` seconds."""
-        if self._changed is None:
-            raise RuntimeError("FakeEhr is not started")
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(predicate)
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                waiter = loop.create_future()
+                self._waiters.append(waiter)
+                await waiter
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[bytes]:
         """The first `count` received payloads, once that many have arrived."""
@@ -137,53 +136,29 @@ class FakeEhr:
             ) from None
         return self.received[:count]
 
-    async def _notify(self) -> None:
-        assert self._changed is not None
-        async with self._changed:
-            self._changed.notify_all()
+    def _changed(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        self._writers.add(writer)
-        self.accepted += 1
-        await self._notify()
-        framer = Framer(max_size=self.max_message_bytes)
-        try:
-            while data := await reader.read(65536):
-                for event in framer.feed(data):
-                    if isinstance(event, Oversized):
-                        return  # a real EHR would give up on such a peer too
-                    if isinstance(event, Frame) and not await self._answer(event.payload, writer):
-                        return
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        except Exception:
-            log.exception("fake EHR: connection handler failed")
-        finally:
-            self._writers.discard(writer)
-            self._handlers.discard(task)
-            writer.transport.abort()
-            with contextlib.suppress(Exception):
-                await self._notify()
-
-    async def _answer(self, payload: bytes, writer: asyncio.StreamWriter) -> bool:
-        """Handle one message; False when the connection is to be closed."""
+    def _answer(self, payload: bytes) -> bytes | None:
+        """What to write back for one message: the framed ACK, b"" for nothing, None to close
+        the connection."""
         mode = self.script.pop(0) if self.script else self.mode
         if mode not in MODES:
             raise ValueError(f"unknown fake EHR mode {mode!r} in script")
         if mode == "drop":
             self.dropped += 1
-            await self._notify()
-            return False
+            self._changed()
+            return None
         header, codec, problem = _read(payload)
         self.received.append(payload)
+        self._changed()
         if self.on_message is not None:
             self.on_message(payload)
-        await self._notify()
         if mode == "timeout":
-            return True
+            return b""
         if problem or header is None:
             ack = self._ack(header, "AR", f"fake EHR: {problem}")
         elif mode == "wrong-id":
@@ -191,15 +166,65 @@ class FakeEhr:
         else:
             code = mode.upper()
             ack = self._ack(header, code, _ACK_TEXT[code])
-        writer.write(frame(ack.encode(codec, errors="replace")))
-        await writer.drain()
-        return True
+        return frame(ack.encode(codec, errors="replace"))
 
     def _ack(self, header: Header | None, code: str, text: str) -> str:
         self._acks += 1
         return build_ack(
             header, code, text, control_id=f"FAKEACK{self._acks:06d}", now=datetime.now(UTC)
         )
+
+
+class _Connection(asyncio.Protocol):
+    """One EHR-side connection: messages are answered in order, as they are framed."""
+
+    def __init__(self, ehr: FakeEhr) -> None:
+        self._ehr = ehr
+        self._framer = Framer(max_size=ehr.max_message_bytes)
+        self._transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._ehr.accepted += 1
+        self._ehr._connections.add(self)
+        self._ehr._changed()
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        for event in self._framer.feed(data):
+            if transport.is_closing():
+                return
+            if isinstance(event, Oversized):
+                transport.abort()  # a real EHR gives up on such a peer too
+                return
+            if not isinstance(event, Frame):
+                continue
+            try:
+                reply = self._ehr._answer(event.payload)
+            except Exception:
+                log.exception("fake EHR: handling a message failed; closing the connection")
+                reply = None
+            if reply is None:
+                transport.close()
+                return
+            if reply:
+                transport.write(reply)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ehr._connections.discard(self)
+        self._ehr._changed()
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
 
 
 def _read(payload: bytes) -> tuple[Header | None, str, str]:

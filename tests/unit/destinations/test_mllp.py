@@ -127,7 +127,7 @@ async def test_timeout_is_retry_within_ack_timeout_and_the_connection_is_replace
         elapsed = loop.time() - started
         assert isinstance(outcome, Retry)
         assert outcome.reason == f"no ACK from 127.0.0.1:{ehr.port} within 0.2 s"
-        assert 0.2 <= elapsed < 2.0
+        assert 0.19 <= elapsed < 2.0  # uvloop clocks in whole milliseconds
         # The silent connection is closed: a late ACK on it must never be read as the next's.
         await ehr.wait_until(lambda: ehr.open_connections == 0)
         ehr.mode = "aa"
@@ -315,6 +315,35 @@ async def test_unsolicited_frame_after_the_ack_is_never_taken_for_the_next_ack()
     assert isinstance(first, Sent)
     assert isinstance(second, Sent)
     assert d.connects == 2  # the out-of-step connection was replaced, not read from
+
+
+async def test_peer_that_closes_after_each_ack_costs_a_reconnect_not_a_failed_attempt() -> None:
+    # The FIN is already in our kernel when the next send starts, but the loop has not read it
+    # yet: only the pre-use check of the idle socket can see it.
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        payload = await read_frame(reader, Framer())
+        assert payload is not None
+        writer.write(frame(ack_for(payload)))
+        writer.close()
+
+    async with raw_server(handler) as port:
+        d = dest(port)
+        outcomes = [await d.send(siu(f"MSG000{i}"), META) for i in range(3)]
+        await d.close()
+    assert [type(o) for o in outcomes] == [Sent, Sent, Sent]
+    assert d.connects == 3
+
+
+async def test_peer_that_closes_on_accept_is_retry() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async with raw_server(handler) as port:
+        d = dest(port)
+        outcome = await d.send(siu("MSG0001"), META)
+        await d.close()
+    assert isinstance(outcome, Retry)
+    assert outcome.reason.startswith(f"connection to 127.0.0.1:{port} ")
 
 
 async def test_ack_split_across_reads() -> None:
