@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
+import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from engine.commands.common import CommandError, fail, load_config, open_for
 from engine.commands.inspect import add_filters
@@ -21,13 +23,12 @@ from engine.commands.inspect import add_filters
 T = TypeVar("T")
 
 
-def _run_async(main: Callable[[], Awaitable[T]]) -> T:
+def _run_async(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         import uvloop
-
-        return uvloop.run(main())  # type: ignore[no-any-return]
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(main())  # type: ignore[arg-type]
+        return asyncio.run(main())
+    return uvloop.run(main())
 
 
 def _setup_logging(level: str) -> None:
@@ -107,11 +108,25 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe shows up here, not in Python's flush at exit
+        return code
     except CommandError as exc:
         return fail(str(exc))
+    except BrokenPipeError:
+        # The reader went away (`engine messages | head`): stop quietly, as Unix tools do.
+        _silence_stdout()
+        return 141
     except KeyboardInterrupt:
         return 130
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout again at exit; without this that flush fails on the same broken
+    # pipe and prints a second error.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -125,7 +140,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from engine.runtime.engine import Engine
 
         engine = Engine(load_config(config_path))
-        _run_async(engine.run_until_signalled)
+        try:
+            _run_async(engine.run_until_signalled)
+        except OSError as exc:  # in practice from start(): a port in use, an unwritable store
+            raise CommandError(f"cannot start: {exc}") from exc
         return 0
     if args.command == "test":
         return _channel_tests(config_path)
@@ -139,11 +157,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         def quiet(line: str) -> None:
             return None
 
-        _run_async(
-            lambda: run_fake_ehr(
-                args.port, args.host, args.mode, write=quiet if args.quiet else print
-            )
-        )
+        # Flushed per message: whoever reads a pipe (tee, grep, a test) sees each one arrive.
+        write = quiet if args.quiet else functools.partial(print, flush=True)
+        try:
+            _run_async(lambda: run_fake_ehr(args.port, args.host, args.mode, write=write))
+        except OSError as exc:
+            raise CommandError(f"cannot start the fake EHR: {exc}") from exc
         return 0
     if args.command == "bench":
         from engine.bench import run_bench

@@ -27,7 +27,9 @@ async def _select(store: Store, args: argparse.Namespace) -> list[int]:
     flt = message_filter(args, limit=PAGE)
     while True:
         page = await store.search(type(flt)(**{**flt.__dict__, "before_id": before}))
-        ids.extend(r.id for r in page if r.status != "duplicate")
+        # A replay or a duplicate is a copy of an original the filter also finds; selecting
+        # it too would send the same message twice.
+        ids.extend(r.id for r in page if r.status != "duplicate" and r.replay_of is None)
         if len(page) < PAGE or (args.limit and len(ids) >= args.limit):
             break
         before = page[-1].id
@@ -55,6 +57,13 @@ async def replay(
     ):
         sys.stderr.write("engine: say which messages to replay: IDs or at least one filter\n")
         return 2
+    missing = [i for i in dict.fromkeys(args.ids) if await store.get(i) is None]
+    if missing:
+        # A mistyped id stops the whole command: half a replay is harder to reason about.
+        sys.stderr.write(
+            f"engine: no message {', '.join(map(str, missing))}; nothing was replayed\n"
+        )
+        return 1
     ids = await _select(store, args)
     replayer = Replayer(config, compile_config(config), store, SystemClock())
     bar = tqdm(total=len(ids), unit="msg", disable=None if len(ids) > 20 else True, file=sys.stderr)
@@ -116,14 +125,23 @@ async def retry(store: Store, args: argparse.Namespace, out: TextIO = sys.stdout
         sys.stderr.write("engine: give delivery ids or --destination, not both\n")
         return 2
     if args.delivery_ids:
-        count = await store.requeue(list(args.delivery_ids))
+        wanted = list(dict.fromkeys(args.delivery_ids))
+        count = await store.requeue(wanted)
+        where = f"among {', '.join(map(str, wanted))}"
     elif args.destination:
+        wanted = []
         count = await store.requeue_failed(args.destination)
+        where = f"to {args.destination}"
     else:
         sys.stderr.write("engine: say what to retry: DELIVERY_ID... or --destination NAME\n")
         return 2
+    if not count:
+        sys.stderr.write(f"engine: nothing requeued: no failed delivery {where}\n")
+        return 1
+    skipped = len(wanted) - count if wanted else 0
     out.write(
-        f"requeued {count} failed delivery(ies); the running engine sends them in their "
-        "original order\n"
+        f"requeued {count} failed delivery(ies)"
+        + (f" ({skipped} of those named are not failed)" if skipped > 0 else "")
+        + "; the running engine sends them in their original order\n"
     )
-    return 0 if count else 1
+    return 0

@@ -4,6 +4,10 @@ Pure CPU work, no I/O: the same code serves the live engine, `engine replay` and
 `engine test`. Each channel parses its own copy of the message, so one channel's steps never
 leak into another's. Any failure becomes an `error` outcome naming the step and field; a
 bug in a step (an unexpected exception) is an `error` too, never a crash of the engine.
+
+The output is written in the charset its own MSH-18 names, as a receiver reads it: the
+received message's codec, or the one a step chose by changing MSH-18. Text that charset
+cannot hold is an `error` outcome.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from engine.pipeline.errors import APPLICATION_ERROR, StepError
 from engine.pipeline.filters import Predicate, compile_condition
 from engine.pipeline.steps import compile_step
 from engine.pipeline.steps.base import CompileContext, Step
+from engine.protocol.charset import codec_for
 from engine.protocol.er7 import Er7Error, Message, parse_path
 
 log = logging.getLogger("engine.pipeline")
@@ -41,6 +46,7 @@ class ChannelOutcome:
     error_field: str = ""
     error_code: int = APPLICATION_ERROR
     payloads: list[Payload] = field(default_factory=list)
+    codec: str = ""  # the Python codec `output` is written in ("" unless ok)
 
 
 class CompiledChannel:
@@ -65,6 +71,7 @@ class CompiledChannel:
         step_label = "parse"
         try:
             message = Message.parse(text)
+            charset = message.get("MSH-18")
             step_label = "filter"
             if self._filter is not None and not self._filter(message):
                 return ChannelOutcome(self.name, "filtered")
@@ -72,6 +79,8 @@ class CompiledChannel:
                 step_label = step.label
                 message = step.apply(message)
             step_label = "encode"
+            if message.get("MSH-18") != charset:
+                codec = codec_for(message.get("MSH-18"))
             output = message.to_er7().encode(codec)
             payloads = [
                 Payload(dest, message.get(path) if path is not None else "", output)
@@ -94,7 +103,7 @@ class CompiledChannel:
                 "error",
                 error=f"{step_label}: {exc}",
                 error_step=step_label,
-                error_field=exc.location,
+                error_field=_field_of(exc.location),
                 error_code=exc.code,
             )
         except UnicodeEncodeError as exc:
@@ -115,7 +124,23 @@ class CompiledChannel:
                 error_detail=f"{type(exc).__name__}: {exc}",
                 error_step=step_label,
             )
-        return ChannelOutcome(self.name, "ok", output=output, message=message, payloads=payloads)
+        return ChannelOutcome(
+            self.name, "ok", output=output, message=message, payloads=payloads, codec=codec
+        )
+
+
+def _field_of(location: str) -> str:
+    """The field path (`MSH-18`) of an ERL location (`MSH^1^18`): outcomes name fields the
+    way steps do, and the listener turns them back into ERR-2."""
+    parts = location.split("^")
+    if len(parts) < 3 or not all(p.isdigit() and p != "0" for p in parts[1:]):
+        return ""
+    segment, seq, number, *deeper = parts
+    path = segment if seq == "1" else f"{segment}[{seq}]"
+    path += f"-{number}"
+    if deeper and deeper[0] != "1":
+        path += f"[{deeper[0]}]"
+    return path + "".join(f".{n}" for n in deeper[1:3])
 
 
 def compile_channels(

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 from engine.config.model import ChannelConfig, ChannelTest, EngineConfig
 from engine.pipeline.channel import ChannelOutcome, CompiledChannel
-from engine.protocol.charset import codec_for
 from engine.protocol.er7 import Message
 from engine.runtime.processing import decode
 
@@ -51,7 +50,11 @@ def run_test(config: ChannelConfig, channel: CompiledChannel, test: ChannelTest)
     got = _OUTCOMES[outcome.status]
     wanted = test.outcome or "delivered"
     if got != wanted:
-        why = f" ({outcome.error_step}: {outcome.error})" if outcome.error else ""
+        why = ""
+        if outcome.error:
+            # Most error texts already start with the step's label; say it once.
+            step = "" if outcome.error.startswith(outcome.error_step) else outcome.error_step
+            why = f" ({step}: {outcome.error})" if step else f" ({outcome.error})"
         result.problems.append(f"expected outcome {wanted}, got {got}{why}")
         return result
     payloads = {p.destination.name: p.data for p in outcome.payloads}
@@ -60,7 +63,7 @@ def run_test(config: ChannelConfig, channel: CompiledChannel, test: ChannelTest)
         if data is None:
             result.problems.append(f"nothing was sent to {destination}")
             continue
-        message = Message.parse(data.decode(_codec(outcome), errors="replace"))
+        message = Message.parse(data.decode(outcome.codec, errors="replace"))
         for path, expected in fields.items():
             actual = message.get(path)
             if actual != str(expected):
@@ -68,10 +71,6 @@ def run_test(config: ChannelConfig, channel: CompiledChannel, test: ChannelTest)
                     f"{destination} {path}: expected {str(expected)!r}, got {actual!r}"
                 )
     return result
-
-
-def _codec(outcome: ChannelOutcome) -> str:
-    return codec_for(outcome.message.get("MSH-18")) if outcome.message is not None else "utf-8"
 
 
 def run_all(config: EngineConfig, channels: dict[str, CompiledChannel]) -> list[TestResult]:

@@ -9,9 +9,10 @@ ERR-8 user-facing text). Texts are escaped; they must not carry PHI (callers' du
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from engine.protocol.er7 import Encoding, Er7Error, Header, Message, escape
 
@@ -54,8 +55,17 @@ class AckInfo:
 
 
 def _timestamp(now: datetime) -> str:
-    if now.tzinfo is None or now.utcoffset() is None:
+    offset = now.utcoffset()
+    if offset is None:
         raise ValueError("build_ack needs a timezone-aware `now`")
+    return _second(now.replace(microsecond=0), offset)
+
+
+@functools.lru_cache(maxsize=4)
+def _second(now: datetime, offset: timedelta) -> str:
+    # One strftime per second instead of one per ACK: ACKs of one second share MSH-7. The
+    # offset is part of the key because aware datetimes of one instant compare equal
+    # whatever their time zone.
     return now.strftime("%Y%m%d%H%M%S%z")
 
 

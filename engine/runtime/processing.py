@@ -13,12 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.pipeline.channel import ChannelOutcome, CompiledChannel
-from engine.protocol.charset import CharsetError, decode_message
+from engine.protocol.charset import decode_message
 from engine.protocol.er7 import Er7Error, Header, Message
 from engine.store.base import MessageKeys
 
 REQUIRED_FIELD_MISSING = 101
-DATA_TYPE_ERROR = 102
 UNSUPPORTED_MESSAGE_TYPE = 200
 UNSUPPORTED_EVENT = 201
 
@@ -47,11 +46,7 @@ def decode(data: bytes) -> Decoded:
     """Decode per MSH-18 and read the header and index keys; never raises on bad input."""
     try:
         header, text, codec = decode_message(data)
-    except CharsetError as exc:
-        return Decoded(
-            None, "", "utf-8", rejection=Rejection(DATA_TYPE_ERROR, "MSH^1^18", str(exc))
-        )
-    except Er7Error as exc:
+    except Er7Error as exc:  # CharsetError included: 103, MSH-18 names no known charset
         return Decoded(None, "", "utf-8", rejection=Rejection(exc.code, exc.location, str(exc)))
     keys = MessageKeys(
         sender=header.sending_application,

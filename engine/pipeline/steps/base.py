@@ -1,14 +1,22 @@
-"""What a compiled step is, and what compiling one may use."""
+"""What a compiled step is, what compiling one may use, and the rules steps share: how a YAML
+scalar becomes field text, and which field paths a step may write.
+
+A path a step writes is checked when the configuration is checked, so a step that could
+never work (writing MSH-2, a whole segment, a second MSH) is a configuration problem rather
+than an error on every message.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+from engine.config.errors import ConfigProblem
 from engine.config.model import StepSpec, Table
-from engine.protocol.er7 import Message
+from engine.config.registry import CheckContext
+from engine.protocol.er7 import Message, PathError, parse_path
 
 
 class Step(Protocol):
@@ -29,3 +37,44 @@ class CompileContext:
 
 def label(spec: StepSpec) -> str:
     return f"steps[{spec.index}] {spec.kind}"
+
+
+def value_text(value: object) -> str:
+    """Field text of a YAML scalar: booleans are HL7's Y/N, everything else as str()."""
+    if isinstance(value, bool):
+        return "Y" if value else "N"
+    return str(value)
+
+
+Access = Literal["read", "write", "remove"]
+
+
+def _path_problem(text: str, access: Access) -> str | None:
+    try:
+        path = parse_path(text)
+    except PathError as exc:
+        return f"expected a field path: {exc}"
+    if not path.field:
+        if access != "remove":
+            return f"expected a field here, like {text}-3; {text} names whole segments"
+        if path.segment == "MSH":
+            return "the MSH segment cannot be removed"
+    elif path.segment == "MSH" and path.field in (1, 2) and access != "read":
+        return f"{text} holds the separators and cannot be changed"
+    if access == "write" and path.segment == "MSH" and (path.segment_index or 1) > 1:
+        return "a message has one MSH segment"
+    return None
+
+
+def check_paths(
+    paths: Sequence[tuple[tuple[str | int, ...], str]], ctx: CheckContext, access: Access
+) -> list[ConfigProblem]:
+    """Each (key path, text) must parse as a field path and allow `access`: reads and writes
+    name a field; writes and removals leave MSH-1/MSH-2 alone; writes cannot add a second MSH;
+    a removal may name a whole segment other than MSH."""
+    problems = []
+    for where, text in paths:
+        found = _path_problem(text, access)
+        if found is not None:
+            problems.append(ConfigProblem(ctx.at(where), found))
+    return problems

@@ -1,14 +1,24 @@
-"""`copy: {from: PID-3.1, to: PV1-19}` copies one field's value into another."""
+"""`copy: {from: PID-3.1, to: PV1-19}` copies one field's value into another.
+
+The value keeps its structure: copying `PID-5` (`Doe^Jane`) into `NK1-2` gives `Doe^Jane`
+there, components and subcomponents included, and escaped text stays the same text. Without
+a repetition index the source's first repetition is copied (as `get` reads it) and, as with
+`set`, a target without one is replaced whole. An empty source empties the target. A value
+with components cannot go into a single component or subcomponent: the channel fails
+naming the source field rather than writing a value the receiver would misread.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from engine.config.errors import ConfigProblem
 from engine.config.model import StepSpec
-from engine.config.registry import CheckContext, Plugin, check_field_paths
-from engine.pipeline.steps.base import CompileContext, label
-from engine.protocol.er7 import Message, parse_path
+from engine.config.registry import CheckContext, Plugin
+from engine.pipeline.errors import StepError
+from engine.pipeline.steps.base import CompileContext, check_paths, label
+from engine.protocol.er7 import Message, Path, parse_path, unescape
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -19,20 +29,66 @@ SCHEMA: dict[str, Any] = {
 
 
 def _check(args: dict[str, Any], ctx: CheckContext) -> list[ConfigProblem]:
-    return check_field_paths([(("from",), args["from"]), (("to",), args["to"])], ctx)
+    return check_paths([(("from",), args["from"])], ctx, "read") + check_paths(
+        [(("to",), args["to"])], ctx, "write"
+    )
 
 
 PLUGIN = Plugin("copy", SCHEMA, _check, "copy a field's value into another field")
 
 
+def _is_leaf(message: Message, source: Path, value: str) -> bool:
+    """Whether `get(source)` returned decoded text rather than ER7 with separators in it.
+
+    `get` decodes a leaf and leaves a composite as ER7; a composite's first part, read one
+    level down, is always shorter than the whole, while a leaf reads the same."""
+    if not value or source.subcomponent is not None:
+        return True
+    if source.component is not None:
+        return message.get(replace(source, subcomponent=1)) == value
+    return message.get(replace(source, component=1)) == value and (
+        message.get(replace(source, component=1, subcomponent=1)) == value
+    )
+
+
 class CopyField:
     def __init__(self, spec: StepSpec) -> None:
         self.label = label(spec)
+        self._source_text = spec.args["from"]
         self._source = parse_path(spec.args["from"])
         self._target = parse_path(spec.args["to"])
 
     def apply(self, message: Message) -> Message:
-        message.set(self._target, message.get(self._source))
+        value = message.get(self._source)
+        if _is_leaf(message, self._source, value):
+            message.set(self._target, value)
+            return message
+        enc = message.encoding
+        # The composite as components of subcomponents, each leaf decoded: written back
+        # with `set`, every leaf is escaped again and the structure is rebuilt as it was.
+        if self._source.component is None:
+            parts = [c.split(enc.subcomponent) for c in value.split(enc.component)]
+        else:
+            parts = [value.split(enc.subcomponent)]
+        target = self._target
+        if target.subcomponent is not None or (target.component is not None and len(parts) > 1):
+            raise StepError(
+                f"{self.label}: {self._source_text} has components that "
+                f"{self._target} cannot hold",
+                field=self._source_text,
+            )
+        message.set(target, "")
+        for c, subs in enumerate(parts, 1):
+            for s, leaf in enumerate(subs, 1):
+                if not leaf:
+                    continue
+                if target.component is not None:
+                    at = replace(target, subcomponent=s)
+                elif len(subs) == 1:
+                    at = replace(target, component=c)
+                else:
+                    at = replace(target, component=c, subcomponent=s)
+                message.set(at, unescape(leaf, enc))
         return message
 
 

@@ -6,6 +6,7 @@ one step maps all AIP providers of a message. An empty value is left alone. A va
 row follows `missing`: `error` (the default: the channel fails and the sender gets an AE
 naming the field and table), `keep` (left as it is) or `default` (replaced by `default`).
 With `into`, the translation is written to another field and the source stays unchanged.
+Table values become field text as `set` writes them (booleans as Y/N).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any
 
 from engine.config.errors import ConfigProblem
 from engine.config.model import StepSpec
-from engine.config.registry import CheckContext, Plugin, check_field_paths
+from engine.config.registry import CheckContext, Plugin
 from engine.pipeline.errors import TABLE_VALUE_NOT_FOUND, StepError
-from engine.pipeline.steps.base import CompileContext, label
+from engine.pipeline.steps.base import CompileContext, check_paths, label, value_text
 from engine.protocol.er7 import Message, parse_path
 
 SCHEMA: dict[str, Any] = {
@@ -38,7 +39,7 @@ def _check(args: dict[str, Any], ctx: CheckContext) -> list[ConfigProblem]:
     paths = [(("field",), args["field"])]
     if "into" in args:
         paths.append((("into",), args["into"]))
-    problems = check_field_paths(paths, ctx)
+    problems = check_paths(paths, ctx, "write")
     table = ctx.tables.get(args["table"])
     if table is None:
         known = ", ".join(sorted(ctx.tables)) or "none"
@@ -82,12 +83,12 @@ class MapTable:
         column = args["to"]
         # Flatten to key -> translated text once, so a lookup is one dict access.
         self._lookup = {
-            key: str(row[column])
+            key: value_text(row[column])
             for key, row in ctx.tables[args["table"]].rows.items()
             if row.get(column) is not None
         }
         self._missing = args.get("missing", "error")
-        self._default = str(args.get("default", ""))
+        self._default = value_text(args.get("default", ""))
 
     def _translate(self, value: str) -> str | None:
         if not value:

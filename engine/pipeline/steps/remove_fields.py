@@ -1,5 +1,6 @@
 """`remove: [PID-11, PID-13, NTE]` clears fields, or drops whole segments when only a segment
-name is given (keeping the positions of every other field)."""
+name is given (keeping the positions of every other field). MSH, MSH-1 and MSH-2 cannot be
+removed (checked with the configuration)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Any
 
 from engine.config.errors import ConfigProblem
 from engine.config.model import StepSpec
-from engine.config.registry import CheckContext, Plugin, check_field_paths
-from engine.pipeline.steps.base import CompileContext, label
+from engine.config.registry import CheckContext, Plugin
+from engine.pipeline.steps.base import CompileContext, check_paths, label
 from engine.protocol.er7 import Message, parse_path
 
 SCHEMA: dict[str, Any] = {
@@ -25,8 +26,8 @@ def _paths(args: str | list[str]) -> list[str]:
 
 def _check(args: str | list[str], ctx: CheckContext) -> list[ConfigProblem]:
     if isinstance(args, str):
-        return check_field_paths([((), args)], ctx)
-    return check_field_paths([((i,), p) for i, p in enumerate(args)], ctx)
+        return check_paths([((), args)], ctx, "remove")
+    return check_paths([((i,), p) for i, p in enumerate(args)], ctx, "remove")
 
 
 PLUGIN = Plugin("remove", SCHEMA, _check, "clear fields or drop segments")

@@ -1,4 +1,7 @@
-"""`set: {MSH-5: CLINIC_EHR, PV1-2: O}` writes literal values (escaped for ER7) into fields."""
+"""`set: {MSH-5: CLINIC_EHR, PV1-2: O}` writes literal values (escaped for ER7) into fields.
+
+Booleans are written as HL7's Y/N; the paths must be writable fields (checked with the
+configuration)."""
 
 from __future__ import annotations
 
@@ -6,8 +9,8 @@ from typing import Any
 
 from engine.config.errors import ConfigProblem
 from engine.config.model import StepSpec
-from engine.config.registry import CheckContext, Plugin, check_field_paths
-from engine.pipeline.steps.base import CompileContext, label
+from engine.config.registry import CheckContext, Plugin
+from engine.pipeline.steps.base import CompileContext, check_paths, label, value_text
 from engine.protocol.er7 import Message, parse_path
 
 SCHEMA: dict[str, Any] = {
@@ -18,7 +21,7 @@ SCHEMA: dict[str, Any] = {
 
 
 def _check(args: dict[str, Any], ctx: CheckContext) -> list[ConfigProblem]:
-    return check_field_paths([((key,), key) for key in args], ctx)
+    return check_paths([((key,), key) for key in args], ctx, "write")
 
 
 PLUGIN = Plugin("set", SCHEMA, _check, "write literal values into fields")
@@ -27,18 +30,12 @@ PLUGIN = Plugin("set", SCHEMA, _check, "write literal values into fields")
 class SetFields:
     def __init__(self, spec: StepSpec) -> None:
         self.label = label(spec)
-        self._values = [(parse_path(k), _text(v)) for k, v in spec.args.items()]
+        self._values = [(parse_path(k), value_text(v)) for k, v in spec.args.items()]
 
     def apply(self, message: Message) -> Message:
         for path, value in self._values:
             message.set(path, value)
         return message
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bool):
-        return "Y" if value else "N"
-    return str(value)
 
 
 def compile_step(spec: StepSpec, ctx: CompileContext) -> SetFields:

@@ -95,8 +95,8 @@ def make_ingest(
 
 
 class WriterGate:
-    """`await hold()`: the writer thread is now blocked inside a transaction.
-    `await release()`: let it go and wait for the gate's own commit."""
+    """`await hold()`: a batch is now held just before its COMMIT, so everything submitted
+    meanwhile queues up for the next one. `await release()`: let it commit and wait for it."""
 
     def __init__(self, writer: GroupCommitWriter) -> None:
         self._writer = writer
@@ -104,12 +104,18 @@ class WriterGate:
         self._release = threading.Event()
         self._done: asyncio.Future[None] | None = None
 
-    def _op(self, conn: sqlite3.Connection, _: None) -> None:
+    def _hold(self) -> None:
+        self._writer.before_commit = None  # hold this one commit only
         self._entered.set()
         if not self._release.wait(WAIT):
             raise TimeoutError("writer gate was never released")
 
+    @staticmethod
+    def _op(conn: sqlite3.Connection, _: None) -> None:
+        return None
+
     async def hold(self) -> None:
+        self._writer.before_commit = self._hold
         self._done = self._writer.submit(self._op, None)
         entered = await asyncio.to_thread(self._entered.wait, WAIT)
         assert entered, "the writer never picked up the gate"
