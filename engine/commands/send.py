@@ -21,7 +21,8 @@ def describe_ack(data: bytes) -> str:
     parts = [info.code]
     if info.text:
         parts.append(info.text)
-    parts.extend(info.errors)
+    # An ERR often repeats MSA-3 word for word; say it once.
+    parts.extend(e for e in info.errors if e != info.text)
     return " - ".join(parts)
 
 

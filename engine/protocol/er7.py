@@ -37,9 +37,24 @@ Semantics:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from engine.protocol.encoding import Encoding, escape, unescape
+from engine.protocol.paths import Path, PathError, is_segment_name, parse_path
+
+__all__ = [
+    "Encoding",
+    "Er7Error",
+    "Header",
+    "Message",
+    "Path",
+    "PathError",
+    "escape",
+    "parse_path",
+    "peek_header",
+    "unescape",
+]
 
 
 class Er7Error(ValueError):
@@ -49,187 +64,6 @@ class Er7Error(ValueError):
         super().__init__(message)
         self.code = code
         self.location = location
-
-
-class PathError(ValueError):
-    """A field path that does not follow the grammar, or an operation it cannot address."""
-
-
-@dataclass(frozen=True, slots=True)
-class Encoding:
-    field: str = "|"
-    component: str = "^"
-    repetition: str = "~"
-    escape: str = "\\"
-    subcomponent: str = "&"
-    truncation: str | None = None
-
-    @property
-    def msh2(self) -> str:
-        """The encoding characters as written in MSH-2."""
-        return (
-            self.component + self.repetition + self.escape + self.subcomponent
-            + (self.truncation or "")
-        )
-
-
-# ---------------------------------------------------------------------------- paths
-
-
-@dataclass(frozen=True, slots=True)
-class Path:
-    segment: str
-    segment_index: int | None = None
-    field: int = 0
-    repetition: int | None = None
-    component: int | None = None
-    subcomponent: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.field < 0 or any(
-            n is not None and n < 1
-            for n in (self.segment_index, self.repetition, self.component, self.subcomponent)
-        ):
-            raise PathError(f"indices in {self} must be 1 or more")
-        if self.field == 0 and (self.repetition or self.component):
-            raise PathError(f"{self}: a repetition or component needs a field")
-        if self.subcomponent is not None and self.component is None:
-            raise PathError(f"{self}: a subcomponent needs a component")
-
-    def __str__(self) -> str:
-        out = self.segment
-        if self.segment_index is not None:
-            out += f"[{self.segment_index}]"
-        if self.field:
-            out += f"-{self.field}"
-            if self.repetition is not None:
-                out += f"[{self.repetition}]"
-            if self.component is not None:
-                out += f".{self.component}"
-                if self.subcomponent is not None:
-                    out += f".{self.subcomponent}"
-        return out
-
-    def location(self, segment_index: int = 1) -> str:
-        """ERR-2 (ERL) form, e.g. `SCH^1^7^1^1`; the path's own segment index wins."""
-        seq = self.segment_index if self.segment_index is not None else segment_index
-        parts = [self.segment, str(seq)]
-        if self.field:
-            parts.append(str(self.field))
-            if self.repetition is not None or self.component is not None:
-                parts.append(str(self.repetition or 1))
-            if self.component is not None:
-                parts.append(str(self.component))
-                if self.subcomponent is not None:
-                    parts.append(str(self.subcomponent))
-        return "^".join(parts)
-
-
-def _is_segment_name(name: str) -> bool:
-    return len(name) == 3 and name.isascii() and name.isalnum() and name[0].isupper() and (
-        name.upper() == name
-    )
-
-
-def _number(text: str, pos: int, what: str) -> tuple[int, int]:
-    end = pos
-    while end < len(text) and text[end].isdigit() and text[end].isascii():
-        end += 1
-    if end == pos or int(text[pos:end]) < 1:
-        raise PathError(f"expected {what} in {text!r}")
-    return int(text[pos:end]), end
-
-
-def _bracket(text: str, pos: int, what: str) -> tuple[int, int]:
-    n, pos = _number(text, pos + 1, f"{what} (1 or more) after '['")
-    if text[pos : pos + 1] != "]":
-        raise PathError(f"expected ']' after the {what} in {text!r}")
-    return n, pos + 1
-
-
-@functools.lru_cache(maxsize=4096)
-def parse_path(text: str) -> Path:
-    """Parse `SEG[n]-F[r].C.S` (all but SEG optional, 1-based); raise PathError saying why."""
-    if not _is_segment_name(text[:3]):
-        raise PathError(
-            f"expected a segment name (a capital letter then two capitals or digits) "
-            f"at the start of {text!r}"
-        )
-    seg_index = rep = comp = sub = None
-    field, pos = 0, 3
-    if text[pos : pos + 1] == "[":
-        seg_index, pos = _bracket(text, pos, "segment index")
-    if pos < len(text):
-        if text[pos] != "-":
-            raise PathError(f"expected '-' and a field number after {text[:pos]!r} in {text!r}")
-        field, pos = _number(text, pos + 1, "a field number after '-'")
-        if text[pos : pos + 1] == "[":
-            rep, pos = _bracket(text, pos, "repetition")
-        if text[pos : pos + 1] == ".":
-            comp, pos = _number(text, pos + 1, "a component number after '.'")
-            if text[pos : pos + 1] == ".":
-                sub, pos = _number(text, pos + 1, "a subcomponent number after '.'")
-        if pos < len(text):
-            raise PathError(f"unexpected {text[pos:]!r} at the end of {text!r}")
-    return Path(text[:3], seg_index, field, rep, comp, sub)
-
-
-# -------------------------------------------------------------------------- escapes
-
-_ESCAPE_TABLES: dict[Encoding, dict[int, str]] = {}
-
-
-def escape(text: str, enc: Encoding) -> str:
-    """Plain text -> ER7 text safe inside any element."""
-    table = _ESCAPE_TABLES.get(enc)
-    if table is None:
-        e = enc.escape
-        table = {
-            ord(e): f"{e}E{e}", ord(enc.field): f"{e}F{e}", ord(enc.component): f"{e}S{e}",
-            ord(enc.subcomponent): f"{e}T{e}", ord(enc.repetition): f"{e}R{e}",
-            ord("\r"): f"{e}X0D{e}", ord("\n"): f"{e}.br{e}",
-        }
-        if enc.truncation:
-            table[ord(enc.truncation)] = f"{e}P{e}"
-        _ESCAPE_TABLES[enc] = table
-    return text.translate(table)
-
-
-def _decode_sequence(seq: str, enc: Encoding) -> str | None:
-    if len(seq) == 1:
-        return {
-            "F": enc.field, "S": enc.component, "T": enc.subcomponent, "R": enc.repetition,
-            "E": enc.escape, "P": enc.truncation,
-        }.get(seq)
-    if seq == ".br":
-        return "\n"
-    if seq[:1] == "X":
-        try:
-            raw = bytes.fromhex(seq[1:])
-        except ValueError:
-            return None
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return raw.decode("latin-1")
-    return None
-
-
-def unescape(text: str, enc: Encoding) -> str:
-    """ER7 text -> plain text; unknown or unterminated sequences are kept as written."""
-    e = enc.escape
-    if e not in text:
-        return text
-    parts = text.split(e)
-    out = [parts[0]]
-    last = len(parts) - 1
-    for i in range(1, last, 2):
-        decoded = _decode_sequence(parts[i], enc)
-        out.append(e + parts[i] + e if decoded is None else decoded)
-        out.append(parts[i + 1])
-    if last % 2:  # an odd number of escape characters: the last one opens nothing
-        out.append(e + parts[last])
-    return "".join(out)
 
 
 # --------------------------------------------------------------------------- header
@@ -409,7 +243,7 @@ class Message:
         for n, s in enumerate(segments, 1):
             name = s[:3]
             if name not in _SEGMENT_NAMES:
-                if not _is_segment_name(name):
+                if not is_segment_name(name):
                     raise Er7Error(f"segment {n} does not start with a segment name", code=100)
                 _SEGMENT_NAMES.add(name)
             if len(s) > 3 and s[3] != fs:

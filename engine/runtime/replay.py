@@ -17,7 +17,14 @@ from engine.pipeline.channel import ChannelOutcome, CompiledChannel
 from engine.runtime.clock import Clock
 from engine.runtime.intake import CONTENT_TYPE, stored_result
 from engine.runtime.processing import Rejection, decode, route, run_channels
-from engine.store.base import Ingest, MessageKeys, NewDelivery, NewMessage, Store
+from engine.store.base import (
+    Ingest,
+    MessageKeys,
+    MessageStatus,
+    NewDelivery,
+    NewMessage,
+    Store,
+)
 
 
 @dataclass
@@ -102,7 +109,9 @@ class Replayer:
             return plan
         now = self._clock.now()
         failed = any(o.status == "error" for o in plan.outcomes)
-        status = "rejected" if plan.rejection else "error" if failed else "processed"
+        status: MessageStatus = (
+            "rejected" if plan.rejection else "error" if failed else "processed"
+        )
         deliveries = tuple(
             NewDelivery(o.channel, p.destination.name, p.lane, p.data, now)
             for o in plan.outcomes

@@ -3,6 +3,7 @@ commit → ACK → MLLP out, with ACK policies, duplicates, retries and resumpti
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -42,7 +43,8 @@ async def test_every_sample_is_acked_stored_mapped_and_delivered(tmp_path: Path)
             for path in VALID_SAMPLES:
                 ack = await client.send(path.read_bytes())
                 assert ack_code(ack) == "AA", (path.name, ack)
-                assert segment(ack, "MSA")[0].split("|")[2] == peek_header(path.read_bytes()).control_id
+                control_id = peek_header(path.read_bytes()).control_id
+                assert segment(ack, "MSA")[0].split("|")[2] == control_id
         received = await ehr.wait_for(len(VALID_SAMPLES))
         stored = await engine.store.search(MessageFilter())
         assert {r.status for r in stored} == {"processed"}
@@ -186,9 +188,9 @@ async def test_ehr_down_retries_then_fails_with_alert_then_retry_delivers_in_ord
             assert detail is not None
             tries = [a for a in detail.attempts if a.delivery_id == d.id]
             assert [a.outcome for a in tries] == ["retry", "retry", "failed"]
-            gaps = [b.started_at - a.started_at for a, b in zip(tries, tries[1:], strict=False)]
+            gaps = [b.started_at - a.started_at for a, b in itertools.pairwise(tries)]
             assert gaps[0] >= 0.04 and gaps[1] >= 0.08  # the backoff schedule, no jitter
-        alerts = [r.getMessage() for r in caplog.records if "ALERT delivery failed" in r.getMessage()]
+        alerts = [m for r in caplog.records if "ALERT delivery failed" in (m := r.getMessage())]
         assert len(alerts) == 3
         async with FakeEhr(port=ehr_port) as ehr:
             assert await engine.store.requeue_failed("clinic-ehr") == 3
