@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from engine.config.model import EngineConfig, ListenerConfig
 from engine.destinations.base import Outcome, Reject, Sent
 from engine.pipeline.channel import ChannelOutcome, CompiledChannel
-from engine.protocol.ack import AckError, build_ack
+from engine.protocol.ack import AckError, build_ack, parse_ack
 from engine.protocol.er7 import Header, parse_path
 from engine.runtime.clock import Clock
 from engine.runtime.dispatcher import Dispatcher
@@ -48,6 +48,14 @@ def error_location(field: str) -> str:
         return ""
     try:
         return parse_path(field).location()
+    except ValueError:
+        return ""
+
+
+def _ack_code(ack: bytes) -> str:
+    """MSA-1 of a stored ACK (latin-1 reads any charset's MSA segment)."""
+    try:
+        return parse_ack(ack.decode("latin-1")).code
     except ValueError:
         return ""
 
@@ -122,7 +130,7 @@ class Intake:
                                 decoded,
                                 now,
                                 "duplicate",
-                                "",
+                                _ack_code(hit.ack),
                                 hit.ack,
                                 duplicate_of=hit.message_id,
                             )

@@ -201,8 +201,9 @@ class Store(Protocol):
     async def find_duplicate(
         self, sender: str, control_id: str, since: float
     ) -> DuplicateHit | None:
-        """The newest non-duplicate message with this MSH-3 and MSH-10 received at or after
-        `since`, including ones whose `ingest` has not returned yet."""
+        """The newest original (not a duplicate, not a replay) message with this MSH-3 and
+        MSH-10 received at or after `since`, including ones whose `ingest` has not returned
+        yet."""
 
     async def record_attempt(self, attempt: Attempt) -> None:
         """Store an attempt and move its delivery: sent / failed / queued for `next_attempt_at`."""

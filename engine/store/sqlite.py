@@ -155,8 +155,9 @@ class SqliteStore:
         writer = self.writer
         m = item.message
         pending: _PendingIngest | None = None
-        # A message stored as a duplicate is never itself an original to match against.
-        if m.status != "duplicate":
+        # Duplicates and replays are never originals to match against: a resend must get the
+        # ACK the sender was given the first time.
+        if m.status != "duplicate" and m.replay_of is None:
             key = (m.keys.sender, m.keys.control_id)
             pending = _PendingIngest(key, m.received_at)
             self._pending.setdefault(key, []).append(pending)

@@ -144,6 +144,7 @@ async def test_duplicate_gets_the_stored_ack_and_is_not_processed_twice(tmp_path
         assert sorted(r.status for r in rows) == ["duplicate", "processed", "processed"]
         (dup,) = [r for r in rows if r.status == "duplicate"]
         assert dup.duplicate_of == min(r.id for r in rows)
+        assert dup.ack_code == "AA"  # what the sender was answered with, again
         assert len(await deliveries_of(engine)) == 2
     assert sorted(peek_header(p).control_id for p in ehr.received) == sorted(
         [peek_header(data).control_id, "OTHER0001"]

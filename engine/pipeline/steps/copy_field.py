@@ -10,6 +10,7 @@ naming the source field rather than writing a value the receiver would misread.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from typing import Any
 
@@ -37,6 +38,15 @@ def _check(args: dict[str, Any], ctx: CheckContext) -> list[ConfigProblem]:
 PLUGIN = Plugin("copy", SCHEMA, _check, "copy a field's value into another field")
 
 
+@functools.lru_cache(maxsize=1024)
+def _at(path: Path, component: int | None, subcomponent: int | None) -> Path:
+    """`path` narrowed to a component or subcomponent (cached: building a Path costs more
+    than the write it addresses)."""
+    if component is None:
+        return replace(path, subcomponent=subcomponent)
+    return replace(path, component=component, subcomponent=subcomponent)
+
+
 def _is_leaf(message: Message, source: Path, value: str) -> bool:
     """Whether `get(source)` returned decoded text rather than ER7 with separators in it.
 
@@ -45,9 +55,9 @@ def _is_leaf(message: Message, source: Path, value: str) -> bool:
     if not value or source.subcomponent is not None:
         return True
     if source.component is not None:
-        return message.get(replace(source, subcomponent=1)) == value
-    return message.get(replace(source, component=1)) == value and (
-        message.get(replace(source, component=1, subcomponent=1)) == value
+        return message.get(_at(source, None, 1)) == value
+    return message.get(_at(source, 1, None)) == value and (
+        message.get(_at(source, 1, 1)) == value
     )
 
 
@@ -83,11 +93,9 @@ class CopyField:
                 if not leaf:
                     continue
                 if target.component is not None:
-                    at = replace(target, subcomponent=s)
-                elif len(subs) == 1:
-                    at = replace(target, component=c)
+                    at = _at(target, None, s)
                 else:
-                    at = replace(target, component=c, subcomponent=s)
+                    at = _at(target, c, s if len(subs) > 1 else None)
                 message.set(at, unescape(leaf, enc))
         return message
 

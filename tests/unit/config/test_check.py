@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import io
 from pathlib import Path
 
@@ -73,11 +72,6 @@ def test_problems_outside_the_current_directory_keep_their_full_path(
 
 
 def test_run_check_with_the_engine_registries(cfg: ConfigDir) -> None:
-    try:
-        importlib.import_module("engine.pipeline.steps").REGISTRY  # noqa: B018
-        importlib.import_module("engine.destinations").REGISTRY  # noqa: B018
-    except (ImportError, AttributeError):
-        pytest.skip("the step and destination registries are not in this checkout yet")
     out = io.StringIO()
     assert run_check(cfg.routes_file, out) == 0
     assert out.getvalue() == "ok: 1 listener, 1 channel, 2 tables, 1 channel test\n"

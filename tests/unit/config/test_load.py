@@ -3,10 +3,7 @@ together in one ConfigError."""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-
-import pytest
 
 from engine.config import load
 from engine.config.model import (
@@ -180,11 +177,6 @@ def test_missing_routes_file_is_a_problem(tmp_path: Path) -> None:
 
 def test_real_registries_check_the_baseline(tmp_path: Path) -> None:
     """With no registries given, load uses the engine's own steps and destinations."""
-    try:
-        importlib.import_module("engine.pipeline.steps").REGISTRY  # noqa: B018
-        importlib.import_module("engine.destinations").REGISTRY  # noqa: B018
-    except (ImportError, AttributeError):
-        pytest.skip("the step and destination registries are not in this checkout yet")
     # The baseline uses only what the engine must have: map, set and the mllp destination.
     cfg = ConfigDir(tmp_path).baseline()
     config = load(cfg.routes_file)

@@ -193,3 +193,13 @@ def test_output_is_read_back_in_the_charset_a_step_chose(tmp_path: Path) -> None
         """)
     root.copy_sample("siu_s12_latin1.hl7")
     assert problems(root.load()) == {"latin-1 in, UTF-8 out": []}
+
+
+def test_an_error_without_the_step_in_its_text_is_named_with_its_step() -> None:
+    config = channel_config(("set", {"NTE-3": "Preis 20 €"}))
+    test = ChannelTest("euro in latin-1", SAMPLES / "siu_s12_latin1.hl7", POS, outcome="delivered")
+    result = run_test(config, compile_channel(config), test)
+    assert result.problems == [
+        "expected outcome delivered, got error "
+        "(encode: the output cannot be written in latin-1 (MSH-18))"
+    ]

@@ -1,0 +1,1 @@
+"""Unit tests for engine.runtime: decoding and routing, retry backoff."""
