@@ -18,6 +18,7 @@ from engine.config.model import StepSpec
 from engine.config.registry import CheckContext, Plugin
 from engine.pipeline.errors import TABLE_VALUE_NOT_FOUND, StepError
 from engine.pipeline.steps.base import CompileContext, check_paths, label, value_text
+from engine.pipeline.steps.set_fields import QUOTED
 from engine.protocol.er7 import Message, parse_path
 
 SCHEMA: dict[str, Any] = {
@@ -30,7 +31,7 @@ SCHEMA: dict[str, Any] = {
         "to": {"type": "string"},
         "into": {"type": "string"},
         "missing": {"enum": ["error", "keep", "default"]},
-        "default": {"type": ["string", "number"]},
+        "default": {"type": "string", "x-expected": QUOTED},  # text only, as for `set`
     },
 }
 

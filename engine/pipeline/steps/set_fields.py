@@ -13,10 +13,14 @@ from engine.config.registry import CheckContext, Plugin
 from engine.pipeline.steps.base import CompileContext, check_paths, label, value_text
 from engine.protocol.er7 import Message, parse_path
 
+QUOTED = "text in quotes (e.g. '060'), so the field gets exactly what is written"
+
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "minProperties": 1,
-    "additionalProperties": {"type": ["string", "number", "boolean"]},
+    # Text only: YAML would turn an unquoted 060 into 60 or 1.50 into 1.5, and the field would
+    # silently get something the analyst did not write. Quoting says exactly what is meant.
+    "additionalProperties": {"type": "string", "x-expected": QUOTED},
 }
 
 

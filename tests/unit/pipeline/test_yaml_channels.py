@@ -91,3 +91,23 @@ def test_steps_that_could_never_work_are_refused_where_they_are_written(tmp_path
         "feed.yaml:4:18: expected a field here, like PID-3; PID names whole segments",
         "feed.yaml:5:13: transforms/nowhere.py does not exist",
     ]
+
+
+def test_unquoted_numbers_in_set_are_refused_not_rewritten(tmp_path: Path) -> None:
+    # YAML reads 060 as 60 and 1.50 as 1.5: the analyst must quote what the field gets.
+    root = ConfigRoot(tmp_path).with_channel(
+        """\
+    steps:
+      - set: {SCH-9: 060, PV1-3: "1.50"}
+      - map: {field: PV1-2, table: providers, to: ehr_id, missing: default, default: 7}
+    destinations:
+      clinic-ehr:
+        file: {directory: out}
+    """
+    )
+    with pytest.raises(ConfigError) as caught:
+        root.load()
+    problems = [p.message for p in caught.value.problems]
+    assert len(problems) == 2
+    assert all(m.startswith("expected text in quotes (e.g. '060')") for m in problems)
+    assert [p.pos.column for p in caught.value.problems] == [18, 82]
