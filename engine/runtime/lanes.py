@@ -23,7 +23,7 @@ from engine.config.model import DestinationConfig
 from engine.destinations.base import DeliveryMeta, Destination, Outcome, Reject, Retry, Sent
 from engine.runtime.backoff import delay, exhausted
 from engine.runtime.clock import Clock
-from engine.store.base import Attempt, Store
+from engine.store.base import Attempt, AttemptOutcome, Store
 
 log = logging.getLogger("engine.delivery")
 alerts = logging.getLogger("engine.alerts")
@@ -117,64 +117,42 @@ class DestinationRunner:
                 outcome = Retry(f"internal error in destination ({type(exc).__name__})")
             latency = self._clock.monotonic() - t0
         item.attempts += 1
-        if isinstance(outcome, Sent):
+
+        def record(kind: AttemptOutcome, next_at: float | None = None) -> None:
+            reason = "" if isinstance(outcome, Sent) else outcome.reason
             self._record(
                 Attempt(
-                    item.id, item.attempts, started, latency, "sent", outcome.code, outcome.response
+                    item.id,
+                    item.attempts,
+                    started,
+                    latency,
+                    kind,
+                    outcome.code,
+                    outcome.response,
+                    reason,
+                    next_attempt_at=next_at,
                 )
             )
+
+        if isinstance(outcome, Sent):
+            record("sent")
             self._final(item, outcome)
             return True
         if isinstance(outcome, Reject):
-            self._record(
-                Attempt(
-                    item.id,
-                    item.attempts,
-                    started,
-                    latency,
-                    "failed",
-                    outcome.code,
-                    outcome.response,
-                    outcome.reason,
-                )
-            )
-            self._alert(item, f"rejected by destination: {outcome.reason}")
-            self._final(item, outcome)
-            return True
-        item.failures += 1
-        if exhausted(self.config.retry, item.failures):
-            self._record(
-                Attempt(
-                    item.id,
-                    item.attempts,
-                    started,
-                    latency,
-                    "failed",
-                    outcome.code,
-                    outcome.response,
-                    outcome.reason,
-                )
-            )
-            self._alert(item, f"gave up after {item.failures} attempts: {outcome.reason}")
+            why = f"rejected by destination: {outcome.reason}"
+        else:
+            item.failures += 1
+            why = f"gave up after {item.failures} attempts: {outcome.reason}"
+        if isinstance(outcome, Reject) or exhausted(self.config.retry, item.failures):
+            record("failed")
+            self._alert(item, why)
             self._final(item, outcome)
             return True
         wait = delay(self.config.retry, item.failures)
         if outcome.after is not None:
             wait = max(wait, outcome.after)
         item.next_at = self._clock.now() + wait
-        self._record(
-            Attempt(
-                item.id,
-                item.attempts,
-                started,
-                latency,
-                "retry",
-                outcome.code,
-                outcome.response,
-                outcome.reason,
-                next_attempt_at=item.next_at,
-            )
-        )
+        record("retry", item.next_at)
         log.info(
             "delivery %d to %s: retry %d in %.1fs (%s)",
             item.id,

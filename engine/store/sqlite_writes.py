@@ -17,21 +17,14 @@ from engine.store.sqlite_queries import DELIVERY_COLUMNS, delivery_from_row
 
 KEY_SEPARATOR: Final = "\x1f"  # ASCII unit separator: cannot occur in an HL7 or FHIR id
 
-_INSERT_MESSAGE: Final = """INSERT INTO messages (received_at, listener, content_type, charset,
-    raw, size, sender, facility, control_id, message_type, version, patient_ids,
-    appointment_ids, status, ack_code, ack, error, replay_of, duplicate_of)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
-_INSERT_MESSAGE_WITH_ID: Final = """INSERT INTO messages (id, received_at, listener,
+_INSERT_MESSAGE: Final = """INSERT INTO messages (id, received_at, listener,
     content_type, charset, raw, size, sender, facility, control_id, message_type, version,
     patient_ids, appointment_ids, status, ack_code, ack, error, replay_of, duplicate_of)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 _INSERT_KEY: Final = "INSERT OR IGNORE INTO message_keys (kind, value, message_id) VALUES (?, ?, ?)"
 _INSERT_RESULT: Final = """INSERT INTO channel_results (message_id, channel, status, output,
     error, error_step, error_location) VALUES (?, ?, ?, ?, ?, ?, ?)"""
-_INSERT_DELIVERY: Final = """INSERT INTO deliveries (message_id, channel, destination, lane,
-    status, claimed, next_attempt_at, payload, created_at, updated_at)
-    VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"""
-_INSERT_DELIVERY_WITH_ID: Final = """INSERT INTO deliveries (id, message_id, channel,
+_INSERT_DELIVERY: Final = """INSERT INTO deliveries (id, message_id, channel,
     destination, lane, status, claimed, next_attempt_at, payload, created_at, updated_at)
     VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"""
 _INSERT_ATTEMPT: Final = """INSERT INTO attempts (delivery_id, number, started_at, latency,
@@ -63,82 +56,11 @@ _DISCARD: Final = """UPDATE deliveries SET status = 'discarded', claimed = 0, up
     WHERE status IN ('queued', 'failed') AND id IN (SELECT value FROM json_each(?))"""
 
 
-def _lastrowid(cursor: sqlite3.Cursor) -> int:
-    rowid = cursor.lastrowid
-    assert rowid is not None  # an INSERT that returned always has one
-    return rowid
-
-
 def ingest(conn: sqlite3.Connection, arg: tuple[Ingest, float]) -> Ingested:
     """Message, keys, channel results and deliveries. Deliveries are born claimed when this
-    process sends them itself (`Ingest.claimed`), else left for the running engine to claim."""
-    item, now = arg
-    m = item.message
-    k = m.keys
-    cur = conn.cursor()
-    cur.execute(
-        _INSERT_MESSAGE,
-        (
-            m.received_at,
-            m.listener,
-            m.content_type,
-            m.charset,
-            m.raw,
-            len(m.raw),
-            k.sender,
-            k.facility,
-            k.control_id,
-            k.message_type,
-            k.version,
-            KEY_SEPARATOR.join(k.patient_ids),
-            KEY_SEPARATOR.join(k.appointment_ids),
-            m.status,
-            m.ack_code,
-            m.ack,
-            m.error,
-            m.replay_of,
-            m.duplicate_of,
-        ),
-    )
-    message_id = _lastrowid(cur)
-    if k.patient_ids or k.appointment_ids:
-        cur.executemany(
-            _INSERT_KEY,
-            [("patient", v, message_id) for v in k.patient_ids if v]
-            + [("appointment", v, message_id) for v in k.appointment_ids if v],
-        )
-    if item.results:
-        cur.executemany(
-            _INSERT_RESULT,
-            [
-                (message_id, r.channel, r.status, r.output, r.error, r.error_step, r.error_location)
-                for r in item.results
-            ],
-        )
-    outputs: dict[str, bytes] = {}
-    for r in item.results:
-        outputs.setdefault(r.channel, r.output)  # the first one: what reads pick too
-    claimed = 1 if item.claimed else 0
-    delivery_ids: list[int] = []
-    for d in item.deliveries:
-        output = outputs.get(d.channel)
-        payload = None if output is not None and output == d.payload else d.payload
-        cur.execute(
-            _INSERT_DELIVERY,
-            (
-                message_id,
-                d.channel,
-                d.destination,
-                d.lane,
-                claimed,
-                d.next_attempt_at,
-                payload,
-                now,
-                now,
-            ),
-        )
-        delivery_ids.append(_lastrowid(cur))
-    return Ingested(message_id, tuple(delivery_ids))
+    process sends them itself (`Ingest.claimed`), else left for the running engine to claim.
+    The writer runs these a batch at a time through `ingest_many`."""
+    return ingest_many(conn, [arg])[0]
 
 
 def _next_id(cur: sqlite3.Cursor, table: str) -> int:
@@ -220,13 +142,13 @@ def ingest_many(conn: sqlite3.Connection, args: list[tuple[Ingest, float]]) -> l
             delivery_id += 1
         out.append(Ingested(message_id, tuple(ids)))
         message_id += 1
-    cur.executemany(_INSERT_MESSAGE_WITH_ID, messages)
+    cur.executemany(_INSERT_MESSAGE, messages)
     if keys:
         cur.executemany(_INSERT_KEY, keys)
     if results:
         cur.executemany(_INSERT_RESULT, results)
     if deliveries:
-        cur.executemany(_INSERT_DELIVERY_WITH_ID, deliveries)
+        cur.executemany(_INSERT_DELIVERY, deliveries)
     return out
 
 
@@ -271,31 +193,9 @@ def record_attempt_many(conn: sqlite3.Connection, args: list[tuple[Attempt, floa
 
 
 def record_attempt(conn: sqlite3.Connection, arg: tuple[Attempt, float]) -> None:
-    """The attempt row and the delivery's new state commit together."""
-    a, now = arg
-    cur = conn.cursor()
-    # Foreign keys make an attempt for an unknown delivery fail here, before the update.
-    cur.execute(
-        _INSERT_ATTEMPT,
-        (
-            a.delivery_id,
-            a.number,
-            a.started_at,
-            a.latency,
-            a.outcome,
-            a.code,
-            a.response,
-            a.error,
-            a.next_attempt_at,
-        ),
-    )
-    next_at = a.next_attempt_at if a.outcome == "retry" else None
-    cur.execute(
-        _UPDATE_AFTER_ATTEMPT,
-        (_STATUS_AFTER[a.outcome], next_at, a.code, a.error, now, a.delivery_id),
-    )
-    if cur.rowcount != 1:
-        raise LookupError(f"delivery {a.delivery_id} does not exist")
+    """The attempt row and the delivery's new state commit together (see
+    `record_attempt_many`, which the writer uses for a batch)."""
+    record_attempt_many(conn, [arg])
 
 
 def claim_queued(conn: sqlite3.Connection, arg: tuple[list[str], int]) -> list[Delivery]:
