@@ -23,12 +23,13 @@ from datetime import UTC, datetime
 from engine.config.model import EngineConfig, ListenerConfig
 from engine.destinations.base import Outcome, Reject, Sent
 from engine.pipeline.channel import ChannelOutcome, CompiledChannel
-from engine.protocol.ack import AckError, build_ack, parse_ack
+from engine.protocol.ack import AckError, build_ack
 from engine.protocol.er7 import Header, parse_path
 from engine.runtime.clock import Clock
 from engine.runtime.dispatcher import Dispatcher
 from engine.runtime.processing import Decoded, Rejection, decode, route, run_channels
 from engine.store.base import (
+    DuplicateHit,
     Ingest,
     MessageKeys,
     NewChannelResult,
@@ -48,14 +49,6 @@ def error_location(field: str) -> str:
         return ""
     try:
         return parse_path(field).location()
-    except ValueError:
-        return ""
-
-
-def _ack_code(ack: bytes) -> str:
-    """MSA-1 of a stored ACK (latin-1 reads any charset's MSA segment)."""
-    try:
-        return parse_ack(ack.decode("latin-1")).code
     except ValueError:
         return ""
 
@@ -114,28 +107,18 @@ class Intake:
             return await self._reject(listener, data, decoded, accepted, now)
         window = max(c.config.dedupe_window for c in accepted)
         if window > 0:
-            hit = await self._store.find_duplicate(
-                decoded.keys.sender, decoded.keys.control_id, now - window
-            )
+            try:
+                hit = await self._store.find_duplicate(
+                    decoded.keys.sender, decoded.keys.control_id, now - window
+                )
+            except Exception as exc:
+                return self._not_stored(listener, decoded, exc)
             if hit is not None:
                 age = now - hit.received_at
                 # Channels whose window still covers the original skip it; others run again.
                 accepted = [c for c in accepted if c.config.dedupe_window < age]
                 if not accepted:
-                    await self._store.ingest(
-                        Ingest(
-                            self._new_message(
-                                listener,
-                                data,
-                                decoded,
-                                now,
-                                "duplicate",
-                                _ack_code(hit.ack),
-                                hit.ack,
-                                duplicate_of=hit.message_id,
-                            )
-                        )
-                    )
+                    await self._record_duplicate(listener, data, decoded, now, hit)
                     return hit.ack
         outcomes = run_channels(decoded, accepted)
         return await self._commit(listener, data, decoded, outcomes, now)
@@ -174,15 +157,7 @@ class Intake:
                 )
             )
         except Exception as exc:
-            # Not stored, so not acknowledged: the sender keeps the message and resends.
-            log.error("listener %s: store failed: %s", listener.name, type(exc).__name__)
-            return self._ack(
-                decoded.header,
-                "AE",
-                "message not stored; resend later",
-                decoded.codec,
-                [AckError(APPLICATION_ERROR, "storage unavailable")],
-            )
+            return self._not_stored(listener, decoded, exc)
         waits: list[asyncio.Future[Outcome]] = []
         if listener.ack == "delivered" and deliveries:
             waits = [self._dispatcher.watch(i) for i in ingested.delivery_ids]
@@ -194,38 +169,87 @@ class Intake:
             ),
         )
         if waits and code == "AA":
-            return await self._relay(listener, decoded, ingested.delivery_ids, waits)
+            return await self._relay(
+                listener, decoded, ingested.message_id, ingested.delivery_ids, waits
+            )
         return ack
+
+    async def _record_duplicate(
+        self,
+        listener: ListenerConfig,
+        data: bytes,
+        decoded: Decoded,
+        now: float,
+        hit: DuplicateHit,
+    ) -> None:
+        """The arrival is kept, linked to its original; originals are only messages answered
+        AA, so AA is what the sender gets again. Failing to keep it changes nothing for the
+        sender: the original is stored and was acknowledged."""
+        try:
+            await self._store.ingest(
+                Ingest(
+                    self._new_message(
+                        listener,
+                        data,
+                        decoded,
+                        now,
+                        "duplicate",
+                        "AA",
+                        hit.ack,
+                        duplicate_of=hit.message_id,
+                    )
+                )
+            )
+        except Exception as exc:
+            log.error(
+                "listener %s: recording a duplicate failed: %s", listener.name, type(exc).__name__
+            )
+
+    def _not_stored(self, listener: ListenerConfig, decoded: Decoded, exc: Exception) -> bytes:
+        """Not stored, so not acknowledged: AE, and the sender keeps the message and resends."""
+        log.error("listener %s: store failed: %s", listener.name, type(exc).__name__)
+        return self._ack(
+            decoded.header,
+            "AE",
+            "message not stored; resend later",
+            decoded.codec,
+            [AckError(APPLICATION_ERROR, "storage unavailable")],
+        )
 
     async def _relay(
         self,
         listener: ListenerConfig,
         decoded: Decoded,
+        message_id: int,
         delivery_ids: tuple[int, ...],
         waits: list[asyncio.Future[Outcome]],
     ) -> bytes:
-        """`delivered` policy: AA when every destination took it; otherwise their verdict."""
+        """`delivered` policy: AA when every destination took it; otherwise their verdict
+        (by code only: an EHR's free text may quote the patient). The ACK sent is stored,
+        so a resend is answered the same way."""
         done, pending = await asyncio.wait(waits, timeout=listener.ack_timeout)
         for delivery_id in delivery_ids:
             self._dispatcher.forget(delivery_id)
-        if pending:
-            return self._ack(
-                decoded.header,
-                "AE",
-                "stored; not yet delivered, delivery continues",
-                decoded.codec,
-                [AckError(APPLICATION_ERROR, "destination did not confirm in time")],
-            )
         outcomes = [f.result() for f in done]
-        if all(isinstance(o, Sent) for o in outcomes):
-            return self._ack(decoded.header, "AA", "", decoded.codec)
-        code = "AR" if any(isinstance(o, Reject) for o in outcomes) else "AE"
-        reasons = [
-            AckError(APPLICATION_ERROR, f"destination: {o.reason}")
-            for o in outcomes
-            if not isinstance(o, Sent)
-        ]
-        return self._ack(decoded.header, code, "delivery failed", decoded.codec, reasons)
+        if pending:
+            code, text = "AE", "stored; not yet delivered, delivery continues"
+            errors = [AckError(APPLICATION_ERROR, "destination did not confirm in time")]
+        elif all(isinstance(o, Sent) for o in outcomes):
+            code, text, errors = "AA", "", []
+        else:
+            code = "AR" if any(isinstance(o, Reject) for o in outcomes) else "AE"
+            text = "delivery failed"
+            errors = [
+                AckError(APPLICATION_ERROR, f"a destination answered {o.code or 'nothing'}")
+                for o in outcomes
+                if not isinstance(o, Sent)
+            ]
+        ack = self._ack(decoded.header, code, text, decoded.codec, errors)
+        try:
+            await self._store.set_ack(message_id, code, ack)
+        except Exception as exc:  # the message and its deliveries are stored already
+            log.error("listener %s: storing the ACK failed: %s", listener.name, type(exc).__name__)
+        return ack
 
     async def _reject(
         self,
@@ -251,7 +275,8 @@ class Intake:
                 )
             )
         except Exception as exc:
-            log.error("listener %s: store failed: %s", listener.name, type(exc).__name__)
+            # An AR tells the sender not to resend: only say so once the message is stored.
+            return self._not_stored(listener, decoded, exc)
         return ack
 
     async def reject_oversized(self, listener: ListenerConfig, head: bytes, size: int) -> bytes:

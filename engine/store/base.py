@@ -201,9 +201,14 @@ class Store(Protocol):
     async def find_duplicate(
         self, sender: str, control_id: str, since: float
     ) -> DuplicateHit | None:
-        """The newest original (not a duplicate, not a replay) message with this MSH-3 and
-        MSH-10 received at or after `since`, including ones whose `ingest` has not returned
-        yet."""
+        """The newest original message with this MSH-3 and MSH-10 received at or after
+        `since`, including ones whose `ingest` has not returned yet. Originals are messages
+        answered AA (status processed or error, not replays): a message answered AE or AR
+        is processed again when resent, since the sender was told it may fix and resend."""
+
+    async def set_ack(self, message_id: int, ack_code: str, ack: bytes) -> None:
+        """Replace the stored ACK of a message (the `delivered` policy answers after the
+        destinations did, so what was sent differs from what was stored with the message)."""
 
     async def record_attempt(self, attempt: Attempt) -> None:
         """Store an attempt and move its delivery: sent / failed / queued for `next_attempt_at`."""

@@ -155,9 +155,10 @@ class SqliteStore:
         writer = self.writer
         m = item.message
         pending: _PendingIngest | None = None
-        # Duplicates and replays are never originals to match against: a resend must get the
-        # ACK the sender was given the first time.
-        if m.status != "duplicate" and m.replay_of is None:
+        # Only a message the sender was told is accepted (AA) is an original: one answered
+        # AE or AR is processed again when resent with the same MSH-10 (after the sender or
+        # an analyst fixed the cause); duplicates and replays never match.
+        if m.ack_code == "AA" and m.status in ("processed", "error") and m.replay_of is None:
             key = (m.keys.sender, m.keys.control_id)
             pending = _PendingIngest(key, m.received_at)
             self._pending.setdefault(key, []).append(pending)
@@ -190,6 +191,9 @@ class SqliteStore:
         if self._hot_reader is None:
             raise RuntimeError("store is not open")
         return queries.find_duplicate(self._hot_reader, sender, control_id, since)
+
+    async def set_ack(self, message_id: int, ack_code: str, ack: bytes) -> None:
+        await self.writer.submit(writes.set_ack, (message_id, ack_code, ack))
 
     async def record_attempt(self, attempt: Attempt) -> None:
         await self.writer.submit(writes.record_attempt, (attempt, self._clock()))

@@ -51,8 +51,8 @@ _DELIVERY_STATUSES: Final = frozenset(get_args(DeliveryStatus))
 _SEPARATOR: Final = "\x1f"  # same as sqlite_writes.KEY_SEPARATOR
 
 _FIND_DUPLICATE: Final = """SELECT id, received_at, ack FROM messages
-    WHERE sender = ? AND control_id = ? AND received_at >= ? AND status <> 'duplicate'
-      AND replay_of IS NULL
+    WHERE sender = ? AND control_id = ? AND received_at >= ?
+      AND ack_code = 'AA' AND status IN ('processed', 'error') AND replay_of IS NULL
     ORDER BY received_at DESC, id DESC LIMIT 1"""
 
 

@@ -19,6 +19,8 @@ Rules kept:
   re-run op by op), the op's future gets the exception, and the rest still commits.
 - `BEGIN IMMEDIATE` never blocks the loop: while another process (the CLI) holds the write
   lock, it is retried every few milliseconds until `busy_timeout`, then the batch fails.
+- When the transaction itself is lost (SQLite rolled it back: disk full, I/O error), every op
+  of the batch fails with that error; nothing is left waiting.
 - `close()` refuses new work and returns once everything queued was committed or failed.
 """
 
@@ -182,7 +184,18 @@ class GroupCommitWriter:
         started = perf_counter()
         changes = conn.total_changes
         batch = self._take()
-        outcomes = self._run_ops(conn, batch)
+        try:
+            outcomes = self._run_ops(conn, batch)
+        except Exception as exc:
+            # The transaction itself was lost (disk full, I/O error, out of memory: SQLite
+            # rolled it back, so even the ops that had succeeded are gone): every op of the
+            # batch fails, and the connection is left clean for the next batch.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            self.stats.rollbacks += 1
+            self._fail_batch(batch, exc)
+            return
         self._committing = True
         self._jobs.put(_Job(outcomes, started, changes))
 
@@ -222,6 +235,8 @@ class GroupCommitWriter:
         try:
             result = fn(conn, arg)
         except Exception as exc:
+            if not conn.in_transaction:
+                raise  # SQLite dropped the whole transaction: the batch fails with the cause
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
             self.stats.rollbacks += 1
@@ -241,6 +256,8 @@ class GroupCommitWriter:
         try:
             results = many(conn, [batch[i][1] for i in positions])
         except Exception:
+            if not conn.in_transaction:
+                raise  # as in _run_one
             conn.execute("ROLLBACK TO ops")
             conn.execute("RELEASE ops")
             self.stats.rollbacks += 1

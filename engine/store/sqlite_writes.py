@@ -198,6 +198,11 @@ def record_attempt(conn: sqlite3.Connection, arg: tuple[Attempt, float]) -> None
     record_attempt_many(conn, [arg])
 
 
+def set_ack(conn: sqlite3.Connection, arg: tuple[int, str, bytes]) -> None:
+    message_id, code, ack = arg
+    conn.execute("UPDATE messages SET ack_code = ?, ack = ? WHERE id = ?", (code, ack, message_id))
+
+
 def claim_queued(conn: sqlite3.Connection, arg: tuple[list[str], int]) -> list[Delivery]:
     destinations, limit = arg
     rows = conn.execute(_CLAIM, (json.dumps(destinations), limit)).fetchall()

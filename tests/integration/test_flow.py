@@ -63,7 +63,7 @@ async def test_every_sample_is_acked_stored_mapped_and_delivered(tmp_path: Path)
     assert out.get("MSH-5") == "CLINIC_EHR"
     assert out.get("PID-11") == "" and out.get("PID-13") == ""
     latin1 = by_id[peek_header(sample("siu_s12_latin1.hl7")).control_id]
-    assert latin1.decode("latin-1") == latin1.decode("latin-1")  # bytes stayed ISO-8859-1
+    assert "Grünwaldtest^Renée".encode("latin-1") in latin1  # bytes stayed ISO-8859-1
     with pytest.raises(UnicodeDecodeError):
         latin1.decode("utf-8")
     assert len(list(archive.iterdir())) == len(VALID_SAMPLES)
@@ -228,3 +228,69 @@ async def test_queued_deliveries_survive_a_restart_and_resume_in_order(tmp_path:
         assert [peek_header(p).control_id for p in received] == [
             peek_header(sample(n)).control_id for n in names
         ]
+
+
+async def test_only_messages_answered_aa_are_originals_for_dedupe(tmp_path: Path) -> None:
+    """AE and AR tell the sender it may fix and resend: a resend with the same MSH-10 is
+    processed again. A message answered AA is answered AA again, not processed twice."""
+    listen, ehr_port = free_port(), free_port()
+    routes = write_config(tmp_path, listen, {"to-ehr": channel(ehr_port)})
+    good = sample("siu_s12_new_patient.hl7")
+    unparseable = good.replace(b"\rSCH|", b"\rsch|", 1)  # same MSH-10, broken body
+    unknown_provider = with_fields(good, AIP_3_1="P9999")
+    async with FakeEhr(port=ehr_port) as ehr, running(routes) as engine:
+        async with await MllpClient.connect("127.0.0.1", listen) as client:
+            assert ack_code(await client.send(unparseable)) == "AR"
+            assert ack_code(await client.send(unknown_provider)) == "AE"
+            assert ack_code(await client.send(unknown_provider)) == "AE"  # processed again
+            assert ack_code(await client.send(good)) == "AA"  # the corrected resend
+            assert ack_code(await client.send(good)) == "AA"  # now a duplicate
+        await ehr.wait_for(1)
+        rows = await engine.store.search(MessageFilter())
+        assert [r.status for r in reversed(rows)] == [
+            "rejected", "error", "error", "processed", "duplicate",
+        ]
+    assert len(ehr.received) == 1
+
+
+async def test_delivered_policy_stores_the_ack_it_sent(tmp_path: Path) -> None:
+    listen, ehr_port = free_port(), free_port()
+    routes = write_config(
+        tmp_path, listen,
+        {"to-ehr": channel(ehr_port, retry={"attempts": 1, "first": "10ms", "max": "10ms"})},
+        ack="delivered",
+    )
+    data = sample("siu_s12_new_patient.hl7")
+    async with FakeEhr(port=ehr_port, mode="ar") as ehr, running(routes) as engine:
+        async with await MllpClient.connect("127.0.0.1", listen) as client:
+            first = await client.send(data)
+            assert ack_code(first) == "AR"
+            assert b"P1001" not in first and b"Rivera" not in first  # codes only, no EHR text
+            ehr.mode = "aa"
+            assert ack_code(await client.send(data)) == "AA"  # AR is no original: processed
+        rows = await engine.store.search(MessageFilter())
+        assert [(r.status, r.ack_code) for r in reversed(rows)] == [
+            ("processed", "AR"), ("processed", "AA"),
+        ]
+        detail = await engine.store.get(rows[-1].id)
+        assert detail is not None and detail.ack.startswith(first[:8])
+
+
+async def test_nothing_is_acknowledged_when_the_store_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listen, ehr_port = free_port(), free_port()
+    routes = write_config(tmp_path, listen, {"to-ehr": channel(ehr_port)})
+    async with FakeEhr(port=ehr_port) as ehr, running(routes) as engine:
+
+        async def broken(item: object) -> object:
+            raise OSError("disk on fire")
+
+        monkeypatch.setattr(engine.store, "ingest", broken)
+        async with await MllpClient.connect("127.0.0.1", listen) as client:
+            for data in (sample("siu_s12_new_patient.hl7"), b"not HL7 at all"):
+                ack = await client.send(data)
+                # neither AA nor AR: the sender must keep the message and resend it
+                assert ack_code(ack) == "AE"
+                assert b"not stored" in ack
+        assert ehr.received == []

@@ -163,3 +163,27 @@ async def test_close_without_start_closes_the_connection(tmp_path: Path) -> None
         conn.execute("SELECT 1")
     with pytest.raises(ValueError):
         GroupCommitWriter(conn, asyncio.get_running_loop(), max_batch=0)
+
+
+async def test_a_full_disk_fails_the_whole_batch_and_the_writer_recovers(tmp_path: Path) -> None:
+    """SQLITE_FULL rolls the whole transaction back, savepoints included: every op of the
+    batch must fail (even those that ran before the full one), none may hang, and the next
+    batch must work once there is room again."""
+    writer = _writer(tmp_path / "w.db")
+    conn = writer._conn  # the test plays the disk: cap the file's size
+    (pages,) = conn.execute("PRAGMA page_count").fetchone()
+    conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+    gate = WriterGate(writer)
+    await gate.hold()
+    small = writer.submit(_insert, "small")
+    big = [writer.submit(_insert, "x" * 20_000) for _ in range(3)]
+    await gate.release()
+    results = await asyncio.wait_for(
+        asyncio.gather(small, *big, return_exceptions=True), timeout=10
+    )
+    assert all(isinstance(r, sqlite3.Error) for r in results), results
+    assert "full" in str(results[-1])
+    conn.execute("PRAGMA max_page_count = 1073741823")
+    assert isinstance(await asyncio.wait_for(writer.submit(_insert, "after"), 10), int)
+    await writer.close()
+    assert _count(tmp_path / "w.db") == 1
