@@ -69,6 +69,7 @@ class Dispatcher:
         runner = self.runners.get(row.destination)
         if runner is None:
             return
+        # The retry budget carries over a restart: failures so far in this round count.
         runner.enqueue(
             Queued(
                 row.id,
@@ -78,6 +79,7 @@ class Dispatcher:
                 row.payload,
                 row.next_attempt_at,
                 row.attempts,
+                row.round_attempts,
             )
         )
 
@@ -104,10 +106,6 @@ class Dispatcher:
         future = self._waiters.pop(delivery_id, None)
         if future is not None and not future.done():
             future.set_result(outcome)
-
-    @property
-    def queued(self) -> dict[str, int]:
-        return {name: runner.queued for name, runner in self.runners.items()}
 
     async def _poll(self) -> None:
         while True:

@@ -21,6 +21,7 @@ from engine.pipeline.channel import CompiledChannel, compile_channels
 from engine.pipeline.steps.base import CompileContext
 from engine.runtime.clock import Clock, SystemClock
 from engine.runtime.dispatcher import Dispatcher
+from engine.runtime.instance_lock import InstanceLock
 from engine.runtime.intake import Intake
 from engine.store import open_store
 from engine.store.base import Store
@@ -55,9 +56,16 @@ class Engine:
             name: MllpListener(cfg, self.intake) for name, cfg in config.listeners.items()
         }
         self._stopped = asyncio.Event()
+        self._lock = InstanceLock.for_store(config.store)
 
     async def start(self) -> None:
-        await self.store.open()
+        if self._lock is not None:
+            self._lock.acquire()  # before touching the store: claims are released at start
+        try:
+            await self.store.open()
+        except BaseException:
+            self._release_lock()
+            raise
         try:
             await self.dispatcher.start()
             for listener in self.listeners.values():
@@ -74,7 +82,12 @@ class Engine:
             await listener.stop()
         await self.dispatcher.stop()
         await self.store.close()
+        self._release_lock()
         self._stopped.set()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     async def run_until_signalled(self) -> None:
         """Run until SIGINT or SIGTERM, then stop cleanly."""

@@ -14,6 +14,7 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -43,6 +44,9 @@ class Queued:
 
 FinalCallback = Callable[[int, Outcome], None]
 
+RECORD_TRIES = 8  # about 12 s of retries (0.1 s doubling, capped at 5 s)
+STOP_GRACE = 10.0  # seconds a send in flight may take to finish when the engine stops
+
 
 class DestinationRunner:
     def __init__(
@@ -65,13 +69,11 @@ class DestinationRunner:
         self._records: set[asyncio.Task[None]] = set()
         self._known: set[int] = set()
         self._stopping = False
+        self._wake = asyncio.Event()  # set on stop: ends every retry wait at once
 
     @property
-    def queued(self) -> int:
-        return sum(len(q) for q in self._lanes.values())
-
-    def holds(self, delivery_id: int) -> bool:
-        return delivery_id in self._known
+    def stopping(self) -> bool:
+        return self._stopping
 
     def enqueue(self, item: Queued) -> None:
         if self._stopping or item.id in self._known:
@@ -93,7 +95,8 @@ class DestinationRunner:
                 item = lane[0]
                 wait = item.next_at - self._clock.now()
                 if wait > 0:
-                    await asyncio.sleep(wait)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), wait)
                     continue
                 if await self._attempt(item):
                     lane.popleft()
@@ -163,21 +166,39 @@ class DestinationRunner:
         )
         return False
 
-    def _record(self, attempt: Attempt) -> None:
+    def _record(self, attempt: Attempt, tries: int = 0) -> None:
         # Not awaited: the lane moves on while the group commit carries the attempt. The
         # writer keeps submission order, so a delivery's attempts are stored in sequence; a
         # crash before that commit means the delivery is sent again (at least once).
         task = asyncio.get_running_loop().create_task(self._store.record_attempt(attempt))
         self._records.add(task)
-        task.add_done_callback(self._recorded)
+        task.add_done_callback(lambda t: self._recorded(t, attempt, tries))
 
-    def _recorded(self, task: asyncio.Task[None]) -> None:
+    def _recorded(self, task: asyncio.Task[None], attempt: Attempt, tries: int) -> None:
         self._records.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error(
-                "destination %s: attempt not recorded: %s",
+        if task.cancelled() or task.exception() is None:
+            return
+        # Unrecorded, the delivery would stay queued and claimed by us with no lane holding
+        # it: neither sent again nor visible as failed. The store is usually only busy for a
+        # moment (another process writing), so record it again.
+        error = type(task.exception()).__name__
+        if tries < RECORD_TRIES and not self._stopping:
+            log.warning(
+                "destination %s: attempt for delivery %d not recorded (%s); retrying",
                 self.name,
-                type(task.exception()).__name__,
+                attempt.delivery_id,
+                error,
+            )
+            asyncio.get_running_loop().call_later(
+                min(0.1 * 2**tries, 5.0), self._record, attempt, tries + 1
+            )
+        else:
+            log.error(
+                "destination %s: attempt for delivery %d not recorded (%s); it is sent "
+                "again after the next start",
+                self.name,
+                attempt.delivery_id,
+                error,
             )
 
     def _final(self, item: Queued, outcome: Outcome) -> None:
@@ -194,13 +215,18 @@ class DestinationRunner:
             reason,
         )
 
-    async def stop(self) -> None:
-        """Stop sending; what is not sent stays queued in the store and resumes next start."""
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop sending: retry waits end at once, sends in flight get `grace` seconds to get
+        their answer (so a message the EHR took is recorded as sent, not sent again), then
+        are cancelled. What is not sent stays queued in the store and resumes next start."""
         self._stopping = True
+        self._wake.set()
         workers = list(self._workers.values())
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        if workers:
+            _done, late = await asyncio.wait(workers, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
         if self._records:
             await asyncio.gather(*self._records, return_exceptions=True)
         await self._destination.close()

@@ -107,6 +107,7 @@ class Delivery:
     updated_at: float
     last_code: str = ""
     last_error: str = ""
+    round_attempts: int = 0  # attempts since it was queued or last requeued (retry budget)
 
 
 @dataclass(frozen=True)

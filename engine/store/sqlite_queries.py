@@ -32,7 +32,7 @@ DELIVERY_COLUMNS: Final = (
     " COALESCE(payload, (SELECT c.output FROM channel_results c"
     " WHERE c.message_id = deliveries.message_id AND c.channel = deliveries.channel"
     " ORDER BY c.id LIMIT 1)),"
-    " created_at, updated_at, last_code, last_error"
+    " created_at, updated_at, last_code, last_error, round_attempts"
 )
 _MESSAGE_COLUMNS: Final = (
     "id, received_at, listener, content_type, charset, sender, facility, control_id,"
@@ -65,6 +65,7 @@ def delivery_from_row(r: Any) -> Delivery:
         id=r[0], message_id=r[1], channel=r[2], destination=r[3], lane=r[4],
         status=cast(DeliveryStatus, r[5]), attempts=r[6], next_attempt_at=r[7], payload=r[8],
         created_at=r[9], updated_at=r[10], last_code=r[11], last_error=r[12],
+        round_attempts=r[13],
     )
 
 
