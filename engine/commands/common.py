@@ -7,20 +7,14 @@ Inspection commands (`messages`, `show`, `retry`) need only the store, so they r
 
 from __future__ import annotations
 
-import os
-import re
 import sys
 from pathlib import Path
 
-import yaml
-
 from engine.config import ConfigError, load
+from engine.config import store_url as config_store_url
 from engine.config.model import EngineConfig
 from engine.store import open_store
 from engine.store.base import Store
-
-DEFAULT_STORE = "sqlite:data/engine.db"
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class CommandError(Exception):
@@ -37,20 +31,13 @@ def load_config(path: Path) -> EngineConfig:
 
 
 def store_url(routes: Path) -> str:
+    """The store named in routes.yaml, resolved exactly as `engine run` resolves it."""
     if not routes.exists():
         raise CommandError(f"{routes}: no such configuration file (use --config PATH)")
     try:
-        data = yaml.safe_load(routes.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise CommandError(f"{routes}: cannot read the store setting: {exc}") from exc
-    url = str(data.get("store") or DEFAULT_STORE) if isinstance(data, dict) else DEFAULT_STORE
-    url = _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), url)
-    if url.startswith("sqlite:"):
-        path = Path(url.removeprefix("sqlite:"))
-        if not path.is_absolute():
-            path = routes.resolve().parent / path
-        url = f"sqlite:{path}"
-    return url
+        return config_store_url(routes)
+    except ConfigError as exc:
+        raise CommandError(f"cannot read the store setting:\n{exc}") from exc
 
 
 async def open_for(routes: Path, store: str | None = None) -> Store:

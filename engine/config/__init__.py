@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from engine.config.check import run_check
     from engine.config.errors import ConfigError, ConfigProblem
-    from engine.config.loader import load
+    from engine.config.loader import load, store_url
     from engine.config.model import EngineConfig
 
 _LAZY = {
@@ -21,10 +21,11 @@ _LAZY = {
     "ConfigError": "engine.config.errors",
     "ConfigProblem": "engine.config.errors",
     "load": "engine.config.loader",
+    "store_url": "engine.config.loader",
     "EngineConfig": "engine.config.model",
 }
 
-__all__ = ["ConfigError", "ConfigProblem", "EngineConfig", "load", "run_check"]
+__all__ = ["ConfigError", "ConfigProblem", "EngineConfig", "load", "run_check", "store_url"]
 
 
 def __getattr__(name: str) -> Any:

@@ -215,17 +215,11 @@ class _Loading:
         """`sqlite:<path>` made absolute against the root; `postgresql://...` as written."""
         if not isinstance(text, str):
             return DEFAULT_STORE  # the routes schema reported it
-        if text.startswith("sqlite:"):
-            path = text.removeprefix("sqlite:")
-            if path == ":memory:":
-                return text
-            if not path:
-                self._problem(doc.at(("store",)), "expected a database file after sqlite:")
-                return text
-            file = Path(path).expanduser()
-            return f"sqlite:{file if file.is_absolute() else self.root / file}"
-        if text.startswith(("postgresql://", "postgres://")):
+        if text == "sqlite:":
+            self._problem(doc.at(("store",)), "expected a database file after sqlite:")
             return text
+        if text.startswith(("sqlite:", "postgresql://", "postgres://")):
+            return resolve_store(text, self.root)
         # Credentials may sit in a URL: name only its scheme.
         written = text.split(":", 1)[0] + ":..." if "@" in text else text
         shown = "" if doc.is_secret(("store",)) else f", got '{written}'"
@@ -235,6 +229,31 @@ class _Loading:
 
     def _problem(self, pos: Pos, message: str) -> None:
         self.problems.append(ConfigProblem(pos, message))
+
+
+def resolve_store(text: str, root: Path) -> str:
+    """`sqlite:<path>` made absolute against the configuration root (`~` expanded); other
+    URLs as written. The engine and the CLI both resolve the store through here."""
+    if not text.startswith("sqlite:"):
+        return text
+    path = text.removeprefix("sqlite:")
+    if path in ("", ":memory:"):
+        return text
+    file = Path(path).expanduser()
+    return f"sqlite:{file if file.is_absolute() else root / file}"
+
+
+def store_url(routes_file: Path, environ: Mapping[str, str] | None = None) -> str:
+    """The store of a configuration, read from routes.yaml alone: inspection commands keep
+    working while a channel file is broken. Raises ConfigError when routes.yaml itself
+    cannot be read or its `store` is not text."""
+    problems: list[ConfigProblem] = []
+    doc = yaml_nodes.read(routes_file, os.environ if environ is None else environ, problems)
+    data = doc.data if doc is not None else None
+    store = data.get("store", DEFAULT_STORE) if isinstance(data, dict) else DEFAULT_STORE
+    if doc is None or not isinstance(store, str):
+        raise ConfigError(problems or [ConfigProblem(Pos(routes_file, 1, 1), "expected text")])
+    return resolve_store(store, routes_file.resolve().parent)
 
 
 def _mapping(value: Any) -> dict[str, Any]:

@@ -250,12 +250,9 @@ def _control_id(payload: bytes) -> str:
 
 
 def _describe(code: str, peer: str, info: AckInfo) -> str:
-    reason = f"{code} from {peer}"
-    if info.text:
-        reason += f": {info.text}"
-    if info.errors:
-        reason += f" ({'; '.join(info.errors)})"
-    return reason
+    # The code only: an EHR's MSA-3 and ERR texts may quote the patient, and reasons go to
+    # logs and alerts. The whole ACK is kept with the attempt (`response`) for `engine show`.
+    return f"{code} from {peer}" + (" (see the ACK's ERR)" if info.errors or info.text else "")
 
 
 _IDLE_SKIPPABLE = b"\r\n\t "

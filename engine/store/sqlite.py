@@ -41,6 +41,7 @@ from engine.store.sqlite_schema import MIGRATIONS, Migration, connect, prepare
 from engine.store.sqlite_writer import GroupCommitWriter
 
 T = TypeVar("T")
+HOT_READ_TIMEOUT = 0.1  # seconds
 _DedupeKey = tuple[str, str]  # (MSH-3 sender, MSH-10 control id)
 
 
@@ -90,7 +91,10 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         await asyncio.to_thread(prepare, self.path, self._migrations, self._busy_timeout)
         write_conn = connect(self.path, check_same_thread=False, busy_timeout=self._busy_timeout)
-        self._hot_reader = connect(self.path, readonly=True, busy_timeout=self._busy_timeout)
+        # The duplicate check runs on the event loop: it must never wait long for a lock (a
+        # WAL reader can be kept waiting by another process's recovery or checkpoint). Past
+        # this it fails, and intake answers "not stored, resend later".
+        self._hot_reader = connect(self.path, readonly=True, busy_timeout=HOT_READ_TIMEOUT)
         self._pool = ThreadPoolExecutor(
             max_workers=self._read_threads,
             thread_name_prefix="store-read",
@@ -162,7 +166,13 @@ class SqliteStore:
             key = (m.keys.sender, m.keys.control_id)
             pending = _PendingIngest(key, m.received_at)
             self._pending.setdefault(key, []).append(pending)
-        return await writer.submit(writes.ingest, (item, self._clock()), pending)
+        try:
+            future = writer.submit(writes.ingest, (item, self._clock()), pending)
+        except BaseException:
+            if pending is not None:  # never queued: nobody may wait for it
+                self._ingest_settled(pending, False, None)
+            raise
+        return await future
 
     def _ingest_settled(self, tag: object, ok: bool, value: Any) -> None:
         # Runs on the loop right after the commit, before any waiting task resumes, so the

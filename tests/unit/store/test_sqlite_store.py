@@ -94,7 +94,7 @@ async def test_ingest_and_get_round_trip_every_field(store: SqliteStore, clock: 
     )
     assert detail.deliveries == (
         Delivery(first, row.id, "c1", "d1", "APT1", "queued", 1, T0 + 8, b"OUT-1", T0 + 5,
-                 T0 + 9, "AE", "application error"),
+                 T0 + 9, "AE", "application error", round_attempts=1),
         Delivery(second, row.id, "c1", "d2", "", "queued", 0, T0 + 3, b"OTHER", T0 + 5, T0 + 5),
     )
     assert detail.attempts == (attempt,)
