@@ -229,7 +229,8 @@ class Store(Protocol):
         """Every failed delivery of a destination back to queued, keeping their order."""
 
     async def discard(self, delivery_ids: list[int]) -> int:
-        """Failed or queued deliveries to `discarded`; returns count."""
+        """Failed deliveries to `discarded` (an operator gives up on them); returns count.
+        Queued ones are left alone: a running engine's lane holds them."""
 
     async def search(self, flt: MessageFilter) -> list[MessageRow]:
         """Messages matching the filter, newest first."""

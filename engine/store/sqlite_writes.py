@@ -52,8 +52,10 @@ _REQUEUE_SET: Final = """UPDATE deliveries SET status = 'queued', claimed = 0,
 _REQUEUE: Final = f"""{_REQUEUE_SET}
     WHERE status = 'failed' AND id IN (SELECT value FROM json_each(?))"""
 _REQUEUE_FAILED: Final = f"{_REQUEUE_SET} WHERE status = 'failed' AND destination = ?"
+# Failed ones only: a queued delivery is held by a running engine's lane, which would go on
+# sending it.
 _DISCARD: Final = """UPDATE deliveries SET status = 'discarded', claimed = 0, updated_at = ?
-    WHERE status IN ('queued', 'failed') AND id IN (SELECT value FROM json_each(?))"""
+    WHERE status = 'failed' AND id IN (SELECT value FROM json_each(?))"""
 
 
 def ingest(conn: sqlite3.Connection, arg: tuple[Ingest, float]) -> Ingested:
