@@ -141,10 +141,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         from engine.runtime.instance_lock import AlreadyRunning
 
         engine = Engine(load_config(config_path))
-        # The store's commit thread needs the GIL for a moment after each fsync; with the
-        # default 5 ms switch interval it waits behind the busy event loop (measured with
-        # `engine bench`: about 2,330 -> 2,560 msg/s end to end with 0.5 ms).
-        sys.setswitchinterval(0.0005)
         try:
             _run_async(engine.run_until_signalled)
         except (OSError, AlreadyRunning) as exc:  # from start(): a port in use, a store in use
