@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import PROJECT, eventually, free_port
+from tests.integration.conftest import PROJECT, eventually, free_port, listening
 
 ENGINE = (sys.executable, "-m", "engine")
 CHANNEL = "channels/siu-to-clinic-ehr.yaml"
@@ -153,11 +152,6 @@ def example_copy(root: Path, retry: str = FAST_RETRY) -> Site:
     patch(root / CHANNEL, r"\bport: 6661\b", f"port: {ehr_port}")
     patch(root / CHANNEL, r"retry: \{[^}]*\}", retry)
     return Site(root, listen, ehr_port)
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @asynccontextmanager

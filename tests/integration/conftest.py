@@ -24,6 +24,11 @@ SAMPLES = PROJECT / "samples"
 VALID_SAMPLES = sorted(SAMPLES.glob("*.hl7"))
 
 
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

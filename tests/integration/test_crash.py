@@ -13,7 +13,15 @@ from pathlib import Path
 from engine.protocol.er7 import peek_header
 from engine.testing.fake_ehr import FakeEhr
 from engine.testing.mllp_client import MllpClient
-from tests.integration.conftest import ack_code, channel, free_port, sample, write_config
+from tests.integration.conftest import (
+    ack_code,
+    channel,
+    eventually,
+    free_port,
+    listening,
+    sample,
+    write_config,
+)
 
 SENDERS = 4
 KILL_AFTER = 300  # AAs before the kill
@@ -29,16 +37,11 @@ def start_engine(routes: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 async def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-    async with asyncio.timeout(30):
-        while True:
-            assert proc.poll() is None, "the engine exited"
-            try:
-                client = await MllpClient.connect("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.05)  # the port is not open yet
-                continue
-            await client.close()
-            return
+    async def up() -> bool:
+        assert proc.poll() is None, "the engine exited"
+        return listening(port)
+
+    await eventually(up, timeout=30, what="the engine's listener")
 
 
 async def test_kill_9_loses_nothing_that_was_acked(tmp_path: Path) -> None:
