@@ -7,7 +7,6 @@ Every name, id and value here is invented.
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from engine.pipeline.channel import ChannelOutcome, CompiledChannel
 from engine.pipeline.steps.base import CompileContext
 from engine.protocol.er7 import Message
 from engine.runtime.processing import Decoded, decode
+from tests.unit.config.support import ConfigDir
 
 REPO = Path(__file__).resolve().parents[3]
 SAMPLES = REPO / "samples"
@@ -124,18 +124,9 @@ def described(problems: list[ConfigProblem]) -> list[str]:
     return [f"{p.pos.file}: {p.message}" for p in problems]
 
 
-class ConfigRoot:
+class ConfigRoot(ConfigDir):
     """A configuration folder in tmp_path, loaded with the engine's own steps and
     destinations."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def write(self, relative: str, text: str) -> Path:
-        path = self.root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text), encoding="utf-8")
-        return path
 
     def copy_sample(self, name: str) -> Path:
         path = self.root / "samples" / name
