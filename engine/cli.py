@@ -1,6 +1,7 @@
 """The `engine` command: argument parsing and dispatch to engine.commands.
 
-`engine run | check | test | send | messages | show | replay | retry | fake-ehr | bench`.
+`engine run | check | test | send | messages | show | replay | retry | fake-ehr | fake-fhir |
+fake-webhooks | bench`.
 Every command takes `--config PATH` (default routes.yaml in the current directory);
 channels/ and transforms/ are found beside it.
 """
@@ -95,6 +96,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="count messages, do not print them")
 
+    p = command("fake-fhir", "a fake FHIR server: stores Appointments and prints each request")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8090)
+
+    p = command("fake-webhooks", "a webhook receiver that verifies signatures and prints events")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8091)
+    p.add_argument(
+        "--secret-env",
+        default="WEBHOOK_SECRET",
+        help="environment variable holding the whsec_ secret (one is generated if unset)",
+    )
+
     p = command("bench", "measure the engine end to end on the example channel")
     p.add_argument("--messages", type=int, default=20000)
     p.add_argument("--connections", type=int, default=8)
@@ -152,6 +166,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from engine.commands.send import send_files
 
         return _run_async(lambda: send_files(args.files, args.host, args.port, args.timeout))
+    if args.command in ("fake-fhir", "fake-webhooks"):
+        return _http_fake(args)
     if args.command == "fake-ehr":
         from engine.testing.fake_ehr import run as run_fake_ehr
 
@@ -170,6 +186,26 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_bench(args.messages, args.connections, not args.skip_baseline, args.json)
     return _run_async(lambda: _store_command(args))
+
+
+def _http_fake(args: argparse.Namespace) -> int:
+    write = functools.partial(print, flush=True)
+    try:
+        if args.command == "fake-fhir":
+            from engine.testing.fake_fhir import run as run_fake_fhir
+
+            _run_async(lambda: run_fake_fhir(args.port, args.host, write=write))
+        else:
+            from engine.testing.webhook_receiver import run as run_receiver
+
+            # The secret comes from the environment, never from the command line (it would
+            # show in the process list and the shell history).
+            secret = os.environ.get(args.secret_env, "")
+            secrets = [secret] if secret else []
+            _run_async(lambda: run_receiver(args.port, args.host, secrets=secrets, write=write))
+    except OSError as exc:
+        raise CommandError(f"cannot start the {args.command}: {exc}") from exc
+    return 0
 
 
 async def _store_command(args: argparse.Namespace) -> int:

@@ -11,18 +11,22 @@ not from the engine's parser.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
 from engine.testing.fake_ehr import FakeEhr
 from tests.integration.cli_support import (
     CHANNEL,
+    CLI_ENV,
+    ENGINE,
     NEW_PATIENT,
     Result,
     Site,
@@ -33,7 +37,6 @@ from tests.integration.cli_support import (
     example_copy,
     fake_ehr_process,
     field,
-    listening,
     no_stdout_reader,
     patch,
     plural,
@@ -41,7 +44,7 @@ from tests.integration.cli_support import (
     sample_paths,
     write_bad_samples,
 )
-from tests.integration.conftest import PROJECT, eventually
+from tests.integration.conftest import PROJECT, eventually, free_port, listening
 
 
 async def test_check_accepts_the_shipped_example() -> None:
@@ -411,3 +414,32 @@ async def test_a_resend_after_a_replay_gets_the_original_ack(tmp_path: Path) -> 
         await ehr.wait_for(2)
         resent = await site.send(NEW_PATIENT)
         assert (resent.code, resent.lines) == (0, [f"{NEW_PATIENT}: AA"])
+
+
+@pytest.mark.parametrize(
+    ("command", "path", "status"),
+    [("fake-fhir", "/fhir/metadata", 200), ("fake-webhooks", "/webhooks", 400)],
+)
+async def test_http_fakes_start_from_the_command_line(
+    tmp_path: Path, command: str, path: str, status: int
+) -> None:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *ENGINE, command, "--port", str(port), cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=CLI_ENV,
+    )
+    try:
+
+        async def up() -> bool:
+            assert proc.returncode is None, "the fake exited"
+            return listening(port)
+
+        await eventually(up, timeout=30, what=f"{command} to listen")
+        async with aiohttp.ClientSession() as http:
+            method = http.get if command == "fake-fhir" else http.post
+            async with method(f"http://127.0.0.1:{port}{path}") as response:
+                # metadata answers; an unsigned webhook is refused
+                assert response.status == status
+    finally:
+        proc.terminate()
+        await proc.wait()
