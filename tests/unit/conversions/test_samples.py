@@ -44,7 +44,7 @@ def test_sample_round_trip_keeps_every_mapped_field(path: Path) -> None:
 
 
 def without_names(resource: dict[str, Any]) -> dict[str, Any]:
-    copy = json.loads(json.dumps(resource))
+    copy: dict[str, Any] = json.loads(json.dumps(resource))
     for participant in copy["participant"]:
         if participant["actor"]["type"] == "Practitioner":
             participant["actor"].pop("display", None)
