@@ -37,7 +37,11 @@ class Substituted:
 
 def is_secret_key(key: str) -> bool:
     lowered = key.lower()
-    return lowered in _SECRET_KEYS or lowered.endswith(_SECRET_SUFFIXES)
+    return (
+        lowered in _SECRET_KEYS
+        or lowered.endswith(_SECRET_SUFFIXES)
+        or lowered.startswith("secret_")  # secret_next: the second secret of a rotation
+    )
 
 
 def is_secret_reference(text: str) -> bool:

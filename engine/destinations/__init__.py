@@ -12,12 +12,14 @@ from collections.abc import Callable
 
 from engine.config.model import DestinationConfig
 from engine.config.registry import Plugin
-from engine.destinations import file, mllp
+from engine.destinations import fhir, file, mllp, webhook
 from engine.destinations.base import Destination
 
 _TYPES: dict[str, tuple[Plugin, Callable[[DestinationConfig], Destination]]] = {
     "mllp": (mllp.PLUGIN, mllp.build),
     "file": (file.PLUGIN, file.build),
+    "webhook": (webhook.PLUGIN, webhook.build),
+    "fhir": (fhir.PLUGIN, fhir.build),
 }
 
 REGISTRY: dict[str, Plugin] = {kind: plugin for kind, (plugin, _) in _TYPES.items()}

@@ -101,7 +101,9 @@ def test_literal_secret_is_a_problem_and_never_printed(cfg: ConfigDir) -> None:
 
 
 @pytest.mark.parametrize(
-    "key", ["password", "token", "api_key", "private_key", "db_password", "ehr_token", "Secret"]
+    "key",
+    ["password", "token", "api_key", "private_key", "db_password", "ehr_token", "Secret",
+     "secret_next"],
 )
 def test_every_secret_key_shape_is_checked(tmp_path_factory: pytest.TempPathFactory,
                                            key: str) -> None:

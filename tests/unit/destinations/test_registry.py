@@ -27,7 +27,7 @@ def valid(kind: str, options: Any) -> bool:
 
 
 def test_registry_names_match_plugins_and_schemas_are_valid_and_closed() -> None:
-    assert set(REGISTRY) == {"mllp", "file"}
+    assert set(REGISTRY) == {"mllp", "file", "webhook", "fhir"}
     for kind, plugin in REGISTRY.items():
         assert plugin.name == kind
         Draft202012Validator.check_schema(plugin.schema)

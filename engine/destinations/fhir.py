@@ -1,0 +1,375 @@
+"""The FHIR destination: delivers one R4B Appointment to a FHIR server by conditional update
+on its identifier (`PUT [base]/Appointment?identifier=<system>|<value>`), so a replay updates
+the same resource instead of creating a second one.
+
+The rule it keeps: `Sent` only on a 2xx. 429, 5xx, 408, timeouts and dropped connections are
+`Retry` (with the server's `Retry-After`, seconds or HTTP-date, as `after`); a 401 renews the
+bearer token and tries once more at once, then is a `Retry`; any other answer is a `Reject`
+that keeps the OperationOutcome as the response. Reasons name the server, the status and the
+OperationOutcome issue codes only: never the payload, its identifier, a diagnostics text (it
+may quote the patient), a token or a secret.
+
+One aiohttp session per destination, opened by the first send and closed by `close()`; its
+connection pool holds `connections` connections, which is also `concurrency`. The token
+client (when `auth` is set) shares that session.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, Literal, cast
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from yarl import URL
+
+from engine.auth.token_client import (
+    ClientSecretAuth,
+    SmartBackendAuth,
+    TokenClient,
+    TokenError,
+)
+from engine.config.model import DestinationConfig
+from engine.config.registry import Plugin
+from engine.config.units import DURATION, PATH
+from engine.conversions.codes import IDENTIFIER_TYPE_SYSTEM, PLAC
+from engine.destinations.base import DeliveryMeta, Outcome, Reject, Retry, Sent
+
+FHIR_JSON = "application/fhir+json"
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_CONNECTIONS = 4
+MAX_CONNECTIONS = 64
+TOKEN_TIMEOUT = 10.0
+# 408 is the server saying it timed out waiting for us: as transient as our own timeout.
+_RETRY_STATUSES = frozenset({408, 429})
+_ISSUE_CODE = re.compile(r"[a-z][a-z-]{0,63}")  # FHIR issue-type codes; anything else is dropped
+
+_URL: dict[str, Any] = {"type": "string", "minLength": 1}
+_CLIENT_CREDENTIALS: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["type", "token_url", "client_id", "client_secret"],
+    "properties": {
+        "type": {"const": "client_credentials"},
+        "token_url": _URL,
+        "client_id": {"type": "string", "minLength": 1},
+        "client_secret": {"type": "string", "minLength": 1},
+        "scope": {"type": "string"},
+    },
+}
+_SMART_BACKEND: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["type", "token_url", "client_id", "private_key_file", "algorithm"],
+    "properties": {
+        "type": {"const": "smart_backend"},
+        "token_url": _URL,
+        "client_id": {"type": "string", "minLength": 1},
+        "private_key_file": {
+            "x-unit": PATH,
+            "type": "string",
+            "minLength": 1,
+            "description": "PEM file of the client's private key (unencrypted).",
+        },
+        "algorithm": {"enum": ["RS384", "ES384"]},
+        "key_id": {"type": "string", "minLength": 1},
+        "scope": {"type": "string"},
+    },
+}
+
+PLUGIN = Plugin(
+    name="fhir",
+    description="FHIR R4B Appointment by conditional update on its identifier; 2xx is success.",
+    schema={
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["base_url"],
+        "properties": {
+            "base_url": {
+                "type": "string",
+                "pattern": r"^https?://",
+                "x-expected": "a FHIR base URL like https://fhir.example.org/r4",
+            },
+            "timeout": {
+                "x-unit": DURATION,
+                "exclusiveMinimum": 0,
+                "default": DEFAULT_TIMEOUT,
+                "description": "Longest a request may take, answer included.",
+            },
+            "connections": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_CONNECTIONS,
+                "default": DEFAULT_CONNECTIONS,
+                "x-expected": f"a number of connections 1..{MAX_CONNECTIONS}",
+                "description": "Requests in flight at once.",
+            },
+            "auth": {
+                "type": "object",
+                "required": ["type"],
+                "properties": {"type": {"enum": ["client_credentials", "smart_backend"]}},
+                # if/then/else rather than oneOf: errors point into the branch the type names.
+                "if": {"properties": {"type": {"const": "smart_backend"}}},
+                "then": _SMART_BACKEND,
+                "else": _CLIENT_CREDENTIALS,
+            },
+        },
+    },
+)
+
+
+def build(config: DestinationConfig) -> FhirDestination:
+    opts = config.options
+    raw_auth = opts.get("auth")
+    return FhirDestination(
+        config.name,
+        base_url=str(opts["base_url"]),
+        timeout=float(opts.get("timeout", DEFAULT_TIMEOUT)),
+        connections=int(opts.get("connections", DEFAULT_CONNECTIONS)),
+        auth=auth_from_options(raw_auth) if isinstance(raw_auth, dict) else None,
+    )
+
+
+def auth_from_options(opts: dict[str, Any]) -> ClientSecretAuth | SmartBackendAuth:
+    """The token client settings for a validated `auth` mapping. The private key file is read
+    here, so a missing or unreadable key shows at start-up, not at the first delivery."""
+    if opts["type"] == "smart_backend":
+        path = Path(str(opts["private_key_file"]))
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read private_key_file {path}: {exc.strerror}") from None
+        return SmartBackendAuth(
+            token_url=str(opts["token_url"]),
+            client_id=str(opts["client_id"]),
+            private_key_pem=pem,
+            algorithm=cast(Literal["RS384", "ES384"], opts["algorithm"]),
+            key_id=str(opts.get("key_id", "")),
+            scope=str(opts.get("scope", "system/Appointment.write")),
+        )
+    return ClientSecretAuth(
+        token_url=str(opts["token_url"]),
+        client_id=str(opts["client_id"]),
+        client_secret=str(opts["client_secret"]),
+        scope=str(opts.get("scope", "")),
+    )
+
+
+class FhirDestination:
+    """Delivers Appointments to one FHIR base URL. Safe to call `send` concurrently."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        connections: int = DEFAULT_CONNECTIONS,
+        auth: ClientSecretAuth | SmartBackendAuth | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 1 <= connections <= MAX_CONNECTIONS:
+            raise ValueError(f"connections must be 1..{MAX_CONNECTIONS}, got {connections}")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.name = name
+        self.concurrency = connections
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.auth = auth
+        self.peer = _safe_origin(base_url)
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+        self._tokens: TokenClient | None = None
+        self._closed = False
+        if isinstance(auth, SmartBackendAuth):
+            # Loads and checks the key now (wrong curve, short RSA key): a configuration
+            # error at start-up. It opens nothing, so there is nothing to close.
+            TokenClient(auth)
+
+    async def send(self, payload: bytes, meta: DeliveryMeta) -> Outcome:
+        if self._closed:
+            return Retry(f"destination {self.name} is closed")
+        target = conditional_url(self.base_url, payload)
+        if isinstance(target, Reject):
+            return target
+        session, tokens = self._open()
+        token = await self._token(tokens)
+        if isinstance(token, Retry):
+            return token
+        answer = await self._put(session, target, payload, token)
+        if isinstance(answer, Retry):
+            return answer
+        if answer[0] == 401 and tokens is not None and token is not None:
+            # The token may have been revoked or expired early: renew once, at once.
+            tokens.invalidate(token)
+            token = await self._token(tokens)
+            if isinstance(token, Retry):
+                return token
+            answer = await self._put(session, target, payload, token)
+            if isinstance(answer, Retry):
+                return answer
+        return self._judge(*answer, renewed=tokens is not None)
+
+    async def close(self) -> None:
+        self._closed = True
+        tokens, self._tokens = self._tokens, None
+        if tokens is not None:
+            await tokens.close()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _open(self) -> tuple[aiohttp.ClientSession, TokenClient | None]:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self.concurrency)
+            self._session = aiohttp.ClientSession(connector=connector)
+            if self.auth is not None:
+                self._tokens = TokenClient(
+                    self.auth, session=self._session, timeout=min(self.timeout, TOKEN_TIMEOUT)
+                )
+        return self._session, self._tokens
+
+    async def _token(self, tokens: TokenClient | None) -> str | Retry | None:
+        if tokens is None:
+            return None
+        try:
+            return await tokens.token()
+        except TokenError as exc:
+            # Even a refused client is a Retry: bad credentials are not the payload's fault,
+            # and once an admin fixes them the same payload goes through. The text of a
+            # TokenError names the client and token URL only.
+            return Retry(f"no access token for {self.peer}: {exc}", code=exc.error)
+
+    async def _put(
+        self, session: aiohttp.ClientSession, target: URL, payload: bytes, token: str | None
+    ) -> tuple[int, bytes, str | None] | Retry:
+        headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            async with session.put(
+                target,
+                data=payload,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                allow_redirects=False,
+            ) as response:
+                body = await response.read()
+                return response.status, body, response.headers.get("Retry-After")
+        except TimeoutError:
+            return Retry(f"no answer from {self.peer} within {self.timeout:g} s")
+        except aiohttp.ClientConnectorError:
+            return Retry(f"could not connect to {self.peer}")
+        except aiohttp.ClientError as exc:
+            # The exception text may hold the request URL, whose query is the identifier.
+            return Retry(f"request to {self.peer} failed ({type(exc).__name__})")
+
+    def _judge(
+        self, status: int, body: bytes, retry_after: str | None, *, renewed: bool
+    ) -> Outcome:
+        code = str(status)
+        if 200 <= status < 300:
+            return Sent(code=code, response=body)
+        issues = issue_codes(body)
+        what = f"HTTP {status} from {self.peer}" + (f" (issues: {issues})" if issues else "")
+        if status == 401:
+            # Credentials, not the payload: once they are fixed the same payload goes through.
+            how = "after renewing the token" if renewed else "and no auth is configured"
+            return Retry(f"{what} {how}", code=code, response=body)
+        if status in _RETRY_STATUSES or status >= 500:
+            after = parse_retry_after(retry_after, self._clock())
+            return Retry(what, code=code, response=body, after=after)
+        return Reject(what, code=code, response=body)
+
+
+def conditional_url(base_url: str, payload: bytes) -> URL | Reject:
+    """`[base]/Appointment?identifier=<system>|<value>` for the payload's placer identifier
+    (typed PLAC), else its first identifier with a value; a Reject when there is none."""
+    try:
+        resource = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return Reject("payload is not JSON")
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Appointment":
+        return Reject("payload is not a FHIR Appointment")
+    identifier = pick_identifier(resource.get("identifier"))
+    if identifier is None:
+        return Reject("Appointment has no identifier with a value to update it by")
+    system, value = identifier
+    # `|value` (empty system) rather than `value`: a bare value would match any system and
+    # could overwrite another scheduler's appointment.
+    token = quote(f"{system}|{value}", safe="")
+    return URL(f"{base_url.rstrip('/')}/Appointment?identifier={token}", encoded=True)
+
+
+def pick_identifier(identifiers: Any) -> tuple[str, str] | None:
+    """(system, value) of the placer identifier, else of the first identifier with a value."""
+    usable = [
+        ident
+        for ident in (identifiers if isinstance(identifiers, list) else ())
+        if isinstance(ident, dict) and isinstance(ident.get("value"), str) and ident["value"]
+    ]
+    if not usable:
+        return None
+    chosen = next((ident for ident in usable if _is_placer(ident)), usable[0])
+    system = chosen.get("system")
+    return (system if isinstance(system, str) else ""), chosen["value"]
+
+
+def _is_placer(identifier: dict[str, Any]) -> bool:
+    kind = identifier.get("type")
+    codings = kind.get("coding") if isinstance(kind, dict) else None
+    return any(
+        isinstance(coding, dict)
+        and coding.get("code") == PLAC
+        and coding.get("system") in (None, IDENTIFIER_TYPE_SYSTEM)
+        for coding in (codings if isinstance(codings, list) else ())
+    )
+
+
+def issue_codes(body: bytes) -> str:
+    """The OperationOutcome's issue codes, comma-separated and de-duplicated; "" when the body
+    is no OperationOutcome. Only well-formed codes: diagnostics may quote PHI."""
+    try:
+        outcome = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    if not isinstance(outcome, dict) or outcome.get("resourceType") != "OperationOutcome":
+        return ""
+    issues = outcome.get("issue")
+    codes: list[str] = []
+    for issue in issues if isinstance(issues, list) else ():
+        code = issue.get("code") if isinstance(issue, dict) else None
+        if isinstance(code, str) and _ISSUE_CODE.fullmatch(code) and code not in codes:
+            codes.append(code)
+    return ",".join(codes)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait per `Retry-After` (delay-seconds or an HTTP-date), never negative;
+    None when absent or unreadable."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # RFC 9110: HTTP-dates are GMT ("-0000" parses as naive)
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def _safe_origin(url: str) -> str:
+    """scheme://host:port of the base URL: no userinfo, path or query in reasons."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}"
