@@ -5,6 +5,7 @@ and errors that are classified right and never carry a secret."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal
 
@@ -240,15 +241,17 @@ async def test_timeout_is_retryable(
 
 
 async def test_unreachable_endpoint_is_retryable(clock: FakeClock) -> None:
-    async with FakeTokenServer(clock=clock) as gone:
-        url = gone.url
-    client = TokenClient(ClientSecretAuth(url, "clinic-engine", SECRET), clock=clock)
-    try:
-        with pytest.raises(TokenError) as caught:
-            await client.token()
-    finally:
-        await client.close()
-    assert caught.value.retryable and caught.value.error == "connection_error"
+    # A port bound but never listening: refused, and no other process can take it meanwhile.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{held.getsockname()[1]}/token"
+        client = TokenClient(ClientSecretAuth(url, "clinic-engine", SECRET), clock=clock)
+        try:
+            with pytest.raises(TokenError) as caught:
+                await client.token()
+        finally:
+            await client.close()
+        assert caught.value.retryable and caught.value.error == "connection_error"
 
 
 async def test_wrong_secret_is_refused_and_never_quoted(

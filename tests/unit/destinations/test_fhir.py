@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -314,15 +315,17 @@ async def test_smart_backend_es384_end_to_end_from_config(
 
 
 async def test_server_down_is_retry() -> None:
-    async with FakeFhir() as gone:
-        url = gone.url
-    dest = FhirDestination("fhir-server", base_url=url, timeout=5.0)
-    try:
-        outcome = await dest.send(payload(appointment()), META)
-    finally:
-        await dest.close()
-    assert isinstance(outcome, Retry)
-    assert "could not connect" in outcome.reason
+    # A port bound but never listening: refused, and no other process can take it meanwhile.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{held.getsockname()[1]}/fhir"
+        dest = FhirDestination("fhir-server", base_url=url, timeout=5.0)
+        try:
+            outcome = await dest.send(payload(appointment()), META)
+        finally:
+            await dest.close()
+        assert isinstance(outcome, Retry)
+        assert "could not connect" in outcome.reason
 
 
 async def test_no_answer_within_the_timeout_is_retry() -> None:

@@ -115,7 +115,13 @@ _element = st.sampled_from(
 )
 
 
-@settings(derandomize=True, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=300,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(st.dictionaries(_element, _json, min_size=1, max_size=4))
 def test_any_mutation_is_accepted_or_rejected_cleanly_without_echo(changes: dict[str, Any]) -> None:
     resource = appointment()

@@ -89,7 +89,7 @@ def test_rotation_signs_once_per_secret_in_order() -> None:
     assert entries[0] == sign([new], "evt_rot", 1893576600, EVENT)
 
 
-@settings(derandomize=True, database=None, max_examples=200)
+@settings(derandomize=True, database=None, deadline=None, max_examples=200)
 @given(
     msg_id=st.text(
         alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="."),
