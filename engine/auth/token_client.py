@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import re
 import secrets
 import time
@@ -27,7 +28,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-ASSERTION_LIFETIME = 300  # SMART: exp no more than five minutes in the future
+MAX_ASSERTION_LIFETIME = 300  # SMART: a token server refuses exp more than 5 minutes ahead
+# A minute less than allowed keeps an assertion acceptable to a token server whose clock is
+# somewhat behind ours.
+ASSERTION_LIFETIME = 240
+MAX_TOKEN_LIFETIME = 86400.0  # an expires_in beyond a day is not believed
 DEFAULT_EXPIRES_IN = 300  # when the server leaves expires_in out
 _ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
@@ -257,10 +262,11 @@ def _error_code(data: dict[str, Any] | None) -> str | None:
 def _seconds(value: object) -> float | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value)
-    if isinstance(value, int | float) and value > 0:
-        return float(value)
+    # math.isfinite: json.loads accepts Infinity and NaN, which would cache a token forever.
+    if isinstance(value, int | float) and math.isfinite(value) and value > 0:
+        return min(float(value), MAX_TOKEN_LIFETIME)
     return None
 
 

@@ -20,11 +20,9 @@ import json
 import re
 import time
 from collections.abc import Callable
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Literal, cast
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 from yarl import URL
@@ -40,6 +38,7 @@ from engine.config.registry import Plugin
 from engine.config.units import DURATION, PATH
 from engine.conversions.codes import IDENTIFIER_TYPE_SYSTEM, PLAC
 from engine.destinations.base import DeliveryMeta, Outcome, Reject, Retry, Sent
+from engine.destinations.http_common import origin, read_capped, retry_after
 
 FHIR_JSON = "application/fhir+json"
 DEFAULT_TIMEOUT = 30.0
@@ -183,7 +182,7 @@ class FhirDestination:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.auth = auth
-        self.peer = _safe_origin(base_url)
+        self.peer = origin(base_url)
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._tokens: TokenClient | None = None
@@ -261,7 +260,7 @@ class FhirDestination:
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 allow_redirects=False,
             ) as response:
-                body = await response.read()
+                body = await read_capped(response)
                 return response.status, body, response.headers.get("Retry-After")
         except TimeoutError:
             return Retry(f"no answer from {self.peer} within {self.timeout:g} s")
@@ -272,7 +271,7 @@ class FhirDestination:
             return Retry(f"request to {self.peer} failed ({type(exc).__name__})")
 
     def _judge(
-        self, status: int, body: bytes, retry_after: str | None, *, renewed: bool
+        self, status: int, body: bytes, retry_after_header: str | None, *, renewed: bool
     ) -> Outcome:
         code = str(status)
         if 200 <= status < 300:
@@ -284,7 +283,11 @@ class FhirDestination:
             how = "after renewing the token" if renewed else "and no auth is configured"
             return Retry(f"{what} {how}", code=code, response=body)
         if status in _RETRY_STATUSES or status >= 500:
-            after = parse_retry_after(retry_after, self._clock())
+            after = (
+                None
+                if retry_after_header is None
+                else retry_after(retry_after_header, self._clock())
+            )
             return Retry(what, code=code, response=body, after=after)
         return Reject(what, code=code, response=body)
 
@@ -351,25 +354,3 @@ def issue_codes(body: bytes) -> str:
     return ",".join(codes)
 
 
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait per `Retry-After` (delay-seconds or an HTTP-date), never negative;
-    None when absent or unreadable."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # RFC 9110: HTTP-dates are GMT ("-0000" parses as naive)
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
-
-
-def _safe_origin(url: str) -> str:
-    """scheme://host:port of the base URL: no userinfo, path or query in reasons."""
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname or ''}{port}"

@@ -23,10 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -35,6 +32,7 @@ from engine.config.model import DestinationConfig
 from engine.config.registry import CheckContext, Plugin
 from engine.config.units import DURATION
 from engine.destinations.base import DeliveryMeta, Outcome, Reject, Retry, Sent
+from engine.destinations.http_common import origin, read_capped, retry_after
 from engine.webhooks import WebhookSecret, headers
 
 alerts = logging.getLogger("engine.alerts")
@@ -44,10 +42,8 @@ DEFAULT_CONNECTIONS = 4
 MAX_CONNECTIONS = 64
 # What a subscriber says back is kept with the attempt for `engine show`; an endpoint that
 # answers with a page of HTML must not fill the store.
-MAX_RESPONSE_BYTES = 64 * 1024
 # A Retry-After further out than this is a subscriber's mistake, not a plan; the retry policy
 # still applies beyond it.
-MAX_RETRY_AFTER = 86400.0
 DISABLED_REASON = "endpoint disabled after 410"
 USER_AGENT = "engine-webhooks/1"
 
@@ -163,7 +159,7 @@ class WebhookDestination:
             raise ValueError("a webhook destination needs at least one secret")
         # Scheme, host and port name the endpoint in reasons and logs: the path and query of
         # a webhook URL often hold a token.
-        self.origin = _origin(url)
+        self.origin = origin(url)
         self.name = name
         self.concurrency = connections
         self.url = url
@@ -190,7 +186,7 @@ class WebhookDestination:
             async with session.post(
                 self.url, data=payload, headers=signed, allow_redirects=False
             ) as response:
-                body = await _read_capped(response)
+                body = await read_capped(response)
                 return self._judge(response.status, response.headers.get("Retry-After"), body)
         except TimeoutError:
             return Retry(f"no answer from {self.origin} within {self.timeout:g} s")
@@ -219,7 +215,7 @@ class WebhookDestination:
             )
         return self._session
 
-    def _judge(self, status: int, retry_after: str | None, body: bytes) -> Outcome:
+    def _judge(self, status: int, retry_after_header: str | None, body: bytes) -> Outcome:
         code = str(status)
         if 200 <= status < 300:
             return Sent(code=code, response=body)
@@ -227,7 +223,11 @@ class WebhookDestination:
             self._disable(status)
             return Reject(f"410 Gone from {self.origin}: {DISABLED_REASON}", code, body)
         if status in _RETRY_STATUSES or status >= 500:
-            after = None if retry_after is None else _retry_after(retry_after, self._clock())
+            after = (
+                None
+                if retry_after_header is None
+                else retry_after(retry_after_header, self._clock())
+            )
             return Retry(f"{status} from {self.origin}", code, body, after)
         if 300 <= status < 400:
             return Reject(f"{status} redirect from {self.origin} (not followed)", code, body)
@@ -244,50 +244,6 @@ class WebhookDestination:
             self.name,
             status,
         )
-
-
-def _origin(url: str) -> str:
-    """`scheme://host[:port]` of an http(s) URL. The text is never quoted back in an error:
-    it may hold credentials or a token."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ValueError("url is not a valid URL") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("url must be an http:// or https:// URL with a host")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{scheme}://{host}" + (f":{port}" if port is not None else "")
-
-
-async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while size < MAX_RESPONSE_BYTES:
-        chunk = await response.content.read(MAX_RESPONSE_BYTES - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
-
-
-def _retry_after(value: str | None, now: float) -> float | None:
-    """Seconds from a `Retry-After` header: delta-seconds or an HTTP date; None if absent or
-    unreadable (the retry policy then decides alone)."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isascii() and text.isdigit():
-        return min(float(text), MAX_RETRY_AFTER)
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000" zones: RFC 5322 says UTC with no local meaning
-        when = when.replace(tzinfo=UTC)
-    return min(max(when.timestamp() - now, 0.0), MAX_RETRY_AFTER)
 
 
 __all__ = ["PLUGIN", "WebhookDestination", "build"]

@@ -32,7 +32,7 @@ from urllib.parse import unquote_plus
 import jwt
 from aiohttp import web
 
-from engine.auth.token_client import ASSERTION_LIFETIME, ASSERTION_TYPE
+from engine.auth.token_client import ASSERTION_TYPE, MAX_ASSERTION_LIFETIME
 
 JWT_ALGORITHMS = ("RS384", "ES384")
 _REQUIRED_CLAIMS = ["iss", "sub", "aud", "exp", "jti"]
@@ -251,7 +251,7 @@ class FakeTokenServer:
         now = self.clock()
         if not isinstance(exp, int | float) or exp <= now:
             raise _Refusal(401, "invalid_client", "the assertion has expired")
-        if exp > now + ASSERTION_LIFETIME:
+        if exp > now + MAX_ASSERTION_LIFETIME:
             raise _Refusal(401, "invalid_client", "exp is more than five minutes ahead")
         nbf = claims.get("nbf")
         if isinstance(nbf, int | float) and nbf > now:

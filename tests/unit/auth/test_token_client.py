@@ -337,3 +337,13 @@ def test_key_must_fit_the_algorithm(rsa_keys: KeyPair, ec_keys: KeyPair) -> None
     garbage = SmartBackendAuth("http://127.0.0.1:1/token", "x", b"not a key", "RS384")
     with pytest.raises(ValueError, match="not an unencrypted PEM key"):
         TokenClient(garbage)
+
+
+def test_an_infinite_or_huge_lifetime_is_not_believed() -> None:
+    from engine.auth.token_client import MAX_TOKEN_LIFETIME, _seconds
+
+    assert _seconds(float("inf")) is None
+    assert _seconds(float("nan")) is None
+    assert _seconds("²") is None
+    assert _seconds(10**12) == MAX_TOKEN_LIFETIME
+    assert _seconds("300") == 300.0

@@ -27,8 +27,9 @@ from engine.destinations.fhir import (
     PLUGIN,
     FhirDestination,
     build,
-    parse_retry_after,
 )
+from engine.destinations.http_common import MAX_RETRY_AFTER
+from engine.destinations.http_common import retry_after as parse_retry_after
 from engine.testing.fake_fhir import FakeFhir
 from engine.testing.fake_token import FakeTokenServer
 
@@ -190,6 +191,8 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(past, NOW) == 0.0
     assert parse_retry_after("soon", NOW) is None
     assert parse_retry_after("-5", NOW) is None
+    assert parse_retry_after("²", NOW) is None  # str.isdigit() is true for it; float() is not
+    assert parse_retry_after("99999999999", NOW) == MAX_RETRY_AFTER
 
 
 @pytest.mark.parametrize("status", [500, 502, 504, 408])

@@ -24,11 +24,11 @@ from jsonschema import Draft202012Validator
 from engine.config.model import DestinationConfig, Pos
 from engine.config.registry import CheckContext
 from engine.destinations.base import DeliveryMeta, Outcome, Reject, Retry, Sent
+from engine.destinations.http_common import retry_after as _retry_after
 from engine.destinations.webhook import (
     DISABLED_REASON,
     PLUGIN,
     WebhookDestination,
-    _retry_after,
     build,
 )
 from engine.testing.webhook_receiver import Attempt, WebhookReceiver
