@@ -35,7 +35,7 @@ API::
                      remember: float = 7 * 86400, clock: Callable[[], float] = time.time)
         def verify(self, headers: Mapping[str, str], body: bytes) -> None
     def verify(secret: str | Sequence[str], headers: Mapping[str, str], body: bytes, *,
-               seen: MutableMapping[str, float] | None = None, tolerance: float = 300.0,
+               seen: MutableMapping[str, float], tolerance: float = 300.0,
                remember: float = 7 * 86400, now: float | None = None) -> None
 
 `Verifier` is what a long-running receiver keeps: it remembers accepted ids itself. The
@@ -322,15 +322,16 @@ def verify(
     headers: Mapping[str, str],
     body: bytes,
     *,
-    seen: MutableMapping[str, float] | None = None,
+    seen: MutableMapping[str, float],
     tolerance: float = 300.0,
     remember: float = 7 * 86400,
     now: float | None = None,
 ) -> None:
     """Verify one request in one call (raises VerificationError).
 
-    `secret` is one `whsec_...` string or several (rotation). Pass the same `seen` dict on
-    every call to drop duplicate ids; without it only signature and timestamp are checked.
+    `secret` is one `whsec_...` string or several (rotation). `seen` is required: pass the
+    same dict (webhook-id -> when it was accepted) on every call, so duplicate ids are
+    dropped for `remember` seconds; a receiver that forgot them would act twice on a retry.
     `now` (unix seconds) defaults to the current time.
     """
     secrets = [secret] if isinstance(secret, str) else list(secret)

@@ -2,7 +2,7 @@
 signed per Standard Webhooks with `engine.webhooks`.
 
 The rules it keeps:
-- every attempt of one delivery carries the same `webhook-id` (`msg_<delivery id>`), so a
+- every attempt of one delivery carries the same `webhook-id` (`message_id`), so a
   receiver drops our retries of an event it already accepted; the timestamp and signatures are
   fresh per attempt. During key rotation each request is signed with both secrets, so the
   subscriber may switch to the new secret whenever it likes.
@@ -20,6 +20,7 @@ endpoint again, which is the operator's way to say it is back.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -176,7 +177,7 @@ class WebhookDestination:
             return Reject(DISABLED_REASON, code="410")
         if self._closed:
             return Retry(f"destination {self.name} is closed")
-        msg_id = f"msg_{meta.delivery_id}"
+        msg_id = message_id(meta.delivery_id, payload)
         signed = headers(self._secrets, msg_id, int(self._clock()), payload)
         signed["Content-Type"] = "application/json"
         signed["User-Agent"] = USER_AGENT
@@ -246,4 +247,12 @@ class WebhookDestination:
         )
 
 
-__all__ = ["PLUGIN", "WebhookDestination", "build"]
+def message_id(delivery_id: int, payload: bytes) -> str:
+    """The `webhook-id` of a delivery: the same on every retry, and unique beyond this store.
+    A delivery id alone repeats after a store is restored or in another engine's store, and
+    receivers that remember ids for days would drop those events as replays; the payload's
+    digest (the event carries its own time and ids) tells them apart."""
+    return f"msg_{delivery_id}_{hashlib.sha256(payload).hexdigest()[:16]}"
+
+
+__all__ = ["PLUGIN", "WebhookDestination", "build", "message_id"]

@@ -30,6 +30,7 @@ from engine.destinations.webhook import (
     PLUGIN,
     WebhookDestination,
     build,
+    message_id,
 )
 from engine.testing.webhook_receiver import Attempt, WebhookReceiver
 from engine.webhooks import WebhookSecret
@@ -43,6 +44,8 @@ EVENT = {
     "data": {"appointment_id": "APT-TEST-0001", "patient_id": "PT-TEST-77", "status": "booked"},
 }
 BODY = json.dumps(EVENT).encode()
+ID41 = message_id(41, BODY)
+ID42 = message_id(42, BODY)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -99,7 +102,7 @@ async def test_accepted_with_a_valid_signature(
     async with destination(receiver.url, [secret]) as d:
         outcome = await d.send(BODY, META)
     assert outcome == Sent(code="204", response=b"")
-    assert [(a.msg_id, a.event) for a in receiver.accepted] == [("msg_41", EVENT)]
+    assert [(a.msg_id, a.event) for a in receiver.accepted] == [(ID41, EVENT)]
     assert receiver.rejected == []
 
 
@@ -142,8 +145,8 @@ async def test_a_retry_after_500_carries_the_same_id_and_a_fresh_timestamp(
     assert (first.code, first.after) == ("500", None)
     assert second == Sent(code="204", response=b"")
     assert receiver.attempts == [
-        Attempt("msg_41", "/webhooks", 500, "injected"),
-        Attempt("msg_41", "/webhooks", 204),
+        Attempt(ID41, "/webhooks", 500, "injected"),
+        Attempt(ID41, "/webhooks", 204),
     ]
     assert len(receiver.accepted) == 1
 
@@ -154,7 +157,7 @@ async def test_another_delivery_gets_another_id(
     async with destination(receiver.url, [secret]) as d:
         await d.send(BODY, META)
         await d.send(BODY, DeliveryMeta(delivery_id=42, message_id=7, channel="c"))
-    assert [a.msg_id for a in receiver.accepted] == ["msg_41", "msg_42"]
+    assert [a.msg_id for a in receiver.accepted] == [ID41, ID42]
 
 
 async def test_410_disables_the_endpoint_with_one_alert(
@@ -287,7 +290,7 @@ async def test_request_carries_content_type_and_signature_headers(
     ((got, body),) = seen
     assert body == BODY
     assert got["Content-Type"] == "application/json"
-    assert got["webhook-id"] == "msg_41"
+    assert got["webhook-id"] == ID41
     assert got["webhook-timestamp"].isdigit()
     assert [s[:3] for s in got["webhook-signature"].split(" ")] == ["v1,", "v1,"]
 
@@ -447,4 +450,4 @@ async def test_after_close_sends_are_retried_and_close_is_idempotent(
     await d.close()
     outcome = await d.send(BODY, META)
     assert isinstance(outcome, Retry)
-    assert receiver.attempts == [Attempt("msg_41", "/webhooks", 204)]
+    assert receiver.attempts == [Attempt(ID41, "/webhooks", 204)]
