@@ -112,21 +112,29 @@ class Assessment:
 # ---------------------------------------------------------------------------- identity
 
 
+def booking_identifier(identifiers: Any) -> dict[str, Any] | None:
+    """The identifier an appointment is known by everywhere in the engine (its state key, the
+    FHIR destination's conditional update): the placer's, else the filler's, else the first
+    one with a value; None when there is none."""
+    usable = [i for i in (identifiers if isinstance(identifiers, list) else ())
+              if isinstance(i, dict) and isinstance(i.get("value"), str) and i["value"]]
+    for code in (PLAC, FILL):
+        for identifier in usable:
+            if _identifier_type(identifier) == code:
+                return identifier
+    return usable[0] if usable else None
+
+
 def appointment_key(resource: dict[str, Any]) -> str:
-    """"system|value" of the placer identifier, else the filler, else the first identifier.
+    """"system|value" of the `booking_identifier`.
 
     An identifier without a system gives "|value" (FHIR token syntax for "no system").
     Raises ValueError when the resource has no identifier with a value.
     """
-    identifiers = [i for i in resource.get("identifier") or ()
-                   if isinstance(i, dict) and isinstance(i.get("value"), str) and i["value"]]
-    if not identifiers:
+    identifier = booking_identifier(resource.get("identifier"))
+    if identifier is None:
         raise ValueError("the appointment has no identifier with a value")
-    for code in (PLAC, FILL):
-        for identifier in identifiers:
-            if _identifier_type(identifier) == code:
-                return _token(identifier)
-    return _token(identifiers[0])
+    return _token(identifier)
 
 
 def _identifier_type(identifier: dict[str, Any]) -> str:

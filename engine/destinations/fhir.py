@@ -27,6 +27,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from engine.appointments.state import booking_identifier
 from engine.auth.token_client import (
     ClientSecretAuth,
     SmartBackendAuth,
@@ -36,7 +37,6 @@ from engine.auth.token_client import (
 from engine.config.model import DestinationConfig
 from engine.config.registry import Plugin
 from engine.config.units import DURATION, PATH
-from engine.conversions.codes import IDENTIFIER_TYPE_SYSTEM, PLAC
 from engine.destinations.base import DeliveryMeta, Outcome, Reject, Retry, Sent
 from engine.destinations.http_common import origin, read_capped, retry_after
 
@@ -312,28 +312,14 @@ def conditional_url(base_url: str, payload: bytes) -> URL | Reject:
 
 
 def pick_identifier(identifiers: Any) -> tuple[str, str] | None:
-    """(system, value) of the placer identifier, else of the first identifier with a value."""
-    usable = [
-        ident
-        for ident in (identifiers if isinstance(identifiers, list) else ())
-        if isinstance(ident, dict) and isinstance(ident.get("value"), str) and ident["value"]
-    ]
-    if not usable:
+    """(system, value) of the appointment's booking identifier, the one its state is kept by
+    (placer, else filler, else the first), so a replay updates the same resource."""
+    chosen = booking_identifier(identifiers)
+    if chosen is None:
         return None
-    chosen = next((ident for ident in usable if _is_placer(ident)), usable[0])
     system = chosen.get("system")
     return (system if isinstance(system, str) else ""), chosen["value"]
 
-
-def _is_placer(identifier: dict[str, Any]) -> bool:
-    kind = identifier.get("type")
-    codings = kind.get("coding") if isinstance(kind, dict) else None
-    return any(
-        isinstance(coding, dict)
-        and coding.get("code") == PLAC
-        and coding.get("system") in (None, IDENTIFIER_TYPE_SYSTEM)
-        for coding in (codings if isinstance(codings, list) else ())
-    )
 
 
 def issue_codes(body: bytes) -> str:

@@ -242,7 +242,12 @@ def _pydantic_issues(exc: ValidationError) -> Iterator[Issue]:
             code, text = known
         else:
             code, text = "value", _safe_message(err, kind)
-        yield _error(code, text, *_fhirpath_parts(err.get("loc", ())))
+        loc = tuple(err.get("loc", ()))
+        if kind == "extra_forbidden" and loc:
+            # The unknown element's name is the client's own text (it may be anything, a
+            # patient's name included): point at its parent instead of quoting it.
+            loc = loc[:-1]
+        yield _error(code, text, *_fhirpath_parts(loc))
 
 
 def _safe_message(err: Any, kind: str) -> str:

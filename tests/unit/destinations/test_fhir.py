@@ -462,3 +462,15 @@ async def test_concurrent_sends_share_one_session(fhir: FakeFhir) -> None:
         await dest.close()
     assert [o.code for o in outcomes if isinstance(o, Sent)] == ["201"] * 8
     assert len(fhir.resources) == 8
+
+
+def test_the_identifier_updated_is_the_one_the_state_is_kept_by() -> None:
+    from engine.appointments.state import appointment_key
+    from engine.destinations.fhir import pick_identifier
+
+    identifiers = [
+        {"system": "urn:a", "value": "X"},  # untyped, first
+        {"system": "urn:b", "value": "Y", "type": {"coding": [{"code": "FILL"}]}},
+    ]
+    assert pick_identifier(identifiers) == ("urn:b", "Y")
+    assert appointment_key({"identifier": identifiers}) == "urn:b|Y"
