@@ -230,9 +230,9 @@ class FhirDestination:
             connector = aiohttp.TCPConnector(limit=self.concurrency)
             self._session = aiohttp.ClientSession(connector=connector)
             if self.auth is not None:
-                self._tokens = TokenClient(
-                    self.auth, session=self._session, timeout=min(self.timeout, TOKEN_TIMEOUT)
-                )
+                # Its own session: slow FHIR requests holding every pooled connection must
+                # not keep a token renewal waiting.
+                self._tokens = TokenClient(self.auth, timeout=min(self.timeout, TOKEN_TIMEOUT))
         return self._session, self._tokens
 
     async def _token(self, tokens: TokenClient | None) -> str | Retry | None:

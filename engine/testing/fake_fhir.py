@@ -45,6 +45,7 @@ Json = dict[str, Any]
 CAPABILITIES: Json = {
     "resourceType": "CapabilityStatement",
     "status": "active",
+    "date": "2026-11-21",
     "kind": "instance",
     "fhirVersion": "4.0.1",
     "format": [FHIR_JSON],

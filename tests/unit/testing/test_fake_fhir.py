@@ -289,3 +289,11 @@ async def test_run_prints_one_line_per_request(http: aiohttp.ClientSession) -> N
         with pytest.raises(asyncio.CancelledError):
             await serving
     assert lines[1] == "GET /fhir/metadata -> 200"
+
+
+def test_the_capability_statement_is_valid_r4b() -> None:
+    from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+    from engine.testing.fake_fhir import CAPABILITIES
+
+    CapabilityStatement.model_validate(CAPABILITIES)
