@@ -21,7 +21,6 @@ Served under `<url>` = http://host:port/fhir:
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 from collections.abc import Callable
@@ -33,6 +32,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
+
+from engine.testing.http_fake import HttpFake
 
 FHIR_JSON = "application/fhir+json"
 _JSON_TYPES = frozenset({FHIR_JSON, "application/json", ""})
@@ -113,7 +114,10 @@ def matches(resource: Json, token: str) -> bool:
     )
 
 
-class FakeFhir:
+class FakeFhir(HttpFake):
+    route = "/fhir{tail:(/.*)?}"
+    method = "*"
+
     """A FHIR server on host:port (0 = any free port; read `port` or `url` after `start`)."""
 
     def __init__(
@@ -124,8 +128,7 @@ class FakeFhir:
         required_token: str | None = None,
         on_request: Callable[[Recorded], None] | None = None,
     ) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.required_token = required_token
         self.on_request = on_request
         self.resources: dict[str, Json] = {}  # id -> current version, meta.versionId set
@@ -133,8 +136,6 @@ class FakeFhir:
         self.tokens_seen: list[str] = []
         self._failures: list[_Answer] = []
         self._next_id = 1
-        self._runner: web.AppRunner | None = None
-        self._waiters: list[asyncio.Future[None]] = []
 
     @property
     def url(self) -> str:
@@ -165,51 +166,6 @@ class FakeFhir:
             if status == 401:
                 failure.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
             self._failures.append(failure)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/fhir{tail:(/.*)?}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)  # query strings carry identifiers
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = self._runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> FakeFhir:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def serve_forever(self) -> None:
-        """Serve until cancelled (the CLI's Ctrl-C), then stop cleanly."""
-        if self._runner is None:
-            await self.start()
-        try:
-            await asyncio.Future()  # only cancellation ends this
-        finally:
-            await self.stop()
-
-    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        """Wait until `predicate()` holds, re-checked after every answered request. Raises
-        TimeoutError after `timeout` seconds."""
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                waiter = loop.create_future()
-                self._waiters.append(waiter)
-                await waiter
-
-    def _changed(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()

@@ -33,6 +33,7 @@ import jwt
 from aiohttp import web
 
 from engine.auth.token_client import ASSERTION_TYPE, MAX_ASSERTION_LIFETIME
+from engine.testing.http_fake import HttpFake
 
 JWT_ALGORITHMS = ("RS384", "ES384")
 _REQUIRED_CLAIMS = ["iss", "sub", "aud", "exp", "jti"]
@@ -60,7 +61,10 @@ class _Refusal(Exception):
         self.description = description
 
 
-class FakeTokenServer:
+class FakeTokenServer(HttpFake):
+    route = "/token"
+    method = "POST"
+
     """An OAuth token endpoint on aiohttp, served at `url` = http://host:port/token."""
 
     def __init__(
@@ -71,8 +75,7 @@ class FakeTokenServer:
         expires_in: int | None = 300,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.expires_in = expires_in  # None: leave expires_in out (tokens still live 300 s)
         self.clock = clock
         self.issued: list[str] = []
@@ -84,8 +87,6 @@ class FakeTokenServer:
         self._jtis: set[tuple[str, str]] = set()
         self._failures: list[tuple[int, str]] = []
         self._gate: asyncio.Event | None = None
-        self._runner: web.AppRunner | None = None
-        self._waiters: list[asyncio.Future[None]] = []
 
     @property
     def url(self) -> str:
@@ -122,41 +123,9 @@ class FakeTokenServer:
         expires_at = self._tokens.get(token)
         return expires_at is not None and self.clock() < expires_at
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/token", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = self._runner.addresses[0][1]
-
     async def stop(self) -> None:
         self.release()  # a held handler would otherwise stall the runner's shutdown
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> FakeTokenServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        """Wait until `predicate()` holds. Raises TimeoutError after `timeout` seconds."""
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                waiter = loop.create_future()
-                self._waiters.append(waiter)
-                await waiter
-
-    def _changed(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        await super().stop()
 
     async def _handle(self, request: web.Request) -> web.Response:
         gate = self._gate

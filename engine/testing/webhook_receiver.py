@@ -12,7 +12,6 @@ same id is still accepted. Any path is accepted; POST is the only method.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.testing.http_fake import HttpFake
 from engine.webhooks import VerificationError, Verifier, WebhookSecret
 
 
@@ -42,7 +42,10 @@ class Accepted:
     event: dict[str, Any]
 
 
-class WebhookReceiver:
+class WebhookReceiver(HttpFake):
+    route = "/{tail:.*}"
+    method = "*"
+
     """A webhook endpoint on host:port (0 = any free port; read `url` after `start`)."""
 
     def __init__(
@@ -55,16 +58,13 @@ class WebhookReceiver:
         clock: Callable[[], float] = time.time,
         on_attempt: Callable[[Attempt, dict[str, Any] | None], None] | None = None,
     ) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.on_attempt = on_attempt
         self.verifier = Verifier(secrets, tolerance=tolerance, clock=clock)
         self.accepted: list[Accepted] = []
         self.rejected: list[Attempt] = []
         self.attempts: list[Attempt] = []
         self._answers: list[int] = []
-        self._runner: web.AppRunner | None = None
-        self._waiters: list[asyncio.Future[None]] = []
 
     @property
     def url(self) -> str:
@@ -80,45 +80,6 @@ class WebhookReceiver:
         if not 100 <= status <= 599:
             raise ValueError("answer_with takes an HTTP status")
         self._answers += [status] * times
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = self._runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> WebhookReceiver:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def serve_forever(self) -> None:
-        """Serve until cancelled (the CLI's Ctrl-C), then stop cleanly."""
-        if self._runner is None:
-            await self.start()
-        try:
-            await asyncio.Future()  # only cancellation ends this
-        finally:
-            await self.stop()
-
-    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        """Wait until `predicate()` holds, re-checked after every answered POST. Raises
-        TimeoutError after `timeout` seconds."""
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                waiter = loop.create_future()
-                self._waiters.append(waiter)
-                await waiter
 
     async def _handle(self, request: web.Request) -> web.Response:
         if request.method != "POST":
@@ -158,13 +119,6 @@ class WebhookReceiver:
         except VerificationError as exc:
             return exc.reason
         return ""
-
-    def _changed(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
 
 def format_attempt(attempt: Attempt, event: dict[str, Any] | None) -> str:
     """One console line per POST. Events carry ids only, but only the type is shown."""
