@@ -33,6 +33,7 @@ from engine.protocol.ack import build_ack
 from engine.protocol.charset import decode_message
 from engine.protocol.er7 import Er7Error, Header, peek_header
 from engine.protocol.mllp import Frame, Framer, Oversized, frame
+from engine.testing.fake_base import LoopbackFake
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ _ACK_TEXT = {"AA": "", "AE": "fake EHR: application error", "AR": "fake EHR: rej
 _SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
 
 
-class FakeEhr:
+class FakeEhr(LoopbackFake):
     """An MLLP EHR on host:port (0 = any free port; read `port` after `start`)."""
 
     def __init__(
@@ -53,6 +54,7 @@ class FakeEhr:
         *,
         max_message_bytes: int = 10 * 1024 * 1024,
     ) -> None:
+        super().__init__()
         self.host = host
         self.port = port
         self.mode = mode
@@ -64,7 +66,6 @@ class FakeEhr:
         self.dropped = 0  # messages closed on in "drop" mode
         self._connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
-        self._waiters: list[asyncio.Future[None]] = []
         self._acks = 0
 
     @property
@@ -76,6 +77,10 @@ class FakeEhr:
         if value not in MODES:
             raise ValueError(f"unknown fake EHR mode {value!r}; expected one of {sorted(MODES)}")
         self._mode = value
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
 
     @property
     def open_connections(self) -> int:
@@ -99,32 +104,6 @@ class FakeEhr:
         await asyncio.gather(*(conn.lost for conn in connections))
         await server.wait_closed()
 
-    async def __aenter__(self) -> FakeEhr:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def serve_forever(self) -> None:
-        """Serve until cancelled (the CLI's Ctrl-C), then stop cleanly."""
-        if self._server is None:
-            await self.start()
-        try:
-            await asyncio.Future()  # only cancellation ends this
-        finally:
-            await self.stop()
-
-    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        """Wait until `predicate()` holds; it is re-checked whenever a connection opens or
-        closes or a message arrives. Raises TimeoutError after `timeout` seconds."""
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                waiter = loop.create_future()
-                self._waiters.append(waiter)
-                await waiter
-
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[bytes]:
         """The first `count` received payloads, once that many have arrived."""
         try:
@@ -135,12 +114,6 @@ class FakeEhr:
                 f"got {len(self.received)}"
             ) from None
         return self.received[:count]
-
-    def _changed(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
     def _answer(self, payload: bytes) -> bytes | None:
         """What to write back for one message: the framed ACK, b"" for nothing, None to close
