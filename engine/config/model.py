@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 AckPolicy = Literal["commit", "processed", "delivered"]
-MissingPolicy = Literal["error", "keep", "default"]
 
 
 @dataclass(frozen=True)

@@ -40,18 +40,3 @@ class Plugin:
     schema: dict[str, Any]
     check: SemanticCheck = no_checks
     description: str = ""
-
-
-def check_field_paths(
-    paths: list[tuple[tuple[str | int, ...], str]], ctx: CheckContext
-) -> list[ConfigProblem]:
-    """Each (key path, text) must parse as an ER7 field path."""
-    from engine.protocol.er7 import PathError, parse_path
-
-    problems = []
-    for where, text in paths:
-        try:
-            parse_path(text)
-        except PathError as exc:
-            problems.append(ConfigProblem(ctx.at(where), f"expected a field path: {exc}"))
-    return problems

@@ -11,15 +11,16 @@ from typing import Any
 
 from engine.config import ConfigError, EngineConfig, load
 from engine.config.errors import ConfigProblem
-from engine.config.registry import CheckContext, Plugin, check_field_paths
+from engine.config.registry import CheckContext, Plugin
+from engine.pipeline.steps.base import check_paths
 
 
 def _check_set(args: dict[str, Any], ctx: CheckContext) -> list[ConfigProblem]:
-    return check_field_paths([((key,), key) for key in args], ctx)
+    return check_paths([((key,), key) for key in args], ctx, "write")
 
 
 def _check_map(args: dict[str, Any], ctx: CheckContext) -> list[ConfigProblem]:
-    problems = check_field_paths([(("field",), args["field"])], ctx)
+    problems = check_paths([(("field",), args["field"])], ctx, "read")
     table = ctx.tables.get(args["table"])
     if table is None:
         known = ", ".join(sorted(ctx.tables)) or "none"
