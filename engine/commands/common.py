@@ -21,9 +21,13 @@ class CommandError(Exception):
     """A problem to print for the operator, and exit non-zero."""
 
 
+def _require(routes: Path) -> None:
+    if not routes.exists():
+        raise CommandError(f"{routes}: no such configuration file (use --config PATH)")
+
+
 def load_config(path: Path) -> EngineConfig:
-    if not path.exists():
-        raise CommandError(f"{path}: no such configuration file (use --config PATH)")
+    _require(path)
     try:
         return load(path)
     except ConfigError as exc:
@@ -32,8 +36,7 @@ def load_config(path: Path) -> EngineConfig:
 
 def store_url(routes: Path) -> str:
     """The store named in routes.yaml, resolved exactly as `engine run` resolves it."""
-    if not routes.exists():
-        raise CommandError(f"{routes}: no such configuration file (use --config PATH)")
+    _require(routes)
     try:
         return config_store_url(routes)
     except ConfigError as exc:

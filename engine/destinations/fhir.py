@@ -36,14 +36,14 @@ from engine.auth.token_client import (
 )
 from engine.config.model import DestinationConfig
 from engine.config.registry import Plugin
-from engine.config.units import DURATION, PATH
+from engine.config.units import PATH
 from engine.destinations.base import DeliveryMeta, Outcome, Reject, Retry, Sent
 from engine.destinations.http_common import origin, read_capped, retry_after
+from engine.destinations.options import MAX_CONNECTIONS, connections_option, timeout_option
 
 FHIR_JSON = "application/fhir+json"
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_CONNECTIONS = 4
-MAX_CONNECTIONS = 64
 TOKEN_TIMEOUT = 10.0
 # 408 is the server saying it timed out waiting for us: as transient as our own timeout.
 _RETRY_STATUSES = frozenset({408, 429})
@@ -95,20 +95,10 @@ PLUGIN = Plugin(
                 "pattern": r"^https?://",
                 "x-expected": "a FHIR base URL like https://fhir.example.org/r4",
             },
-            "timeout": {
-                "x-unit": DURATION,
-                "exclusiveMinimum": 0,
-                "default": DEFAULT_TIMEOUT,
-                "description": "Longest a request may take, answer included.",
-            },
-            "connections": {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": MAX_CONNECTIONS,
-                "default": DEFAULT_CONNECTIONS,
-                "x-expected": f"a number of connections 1..{MAX_CONNECTIONS}",
-                "description": "Requests in flight at once.",
-            },
+            "timeout": timeout_option(
+                DEFAULT_TIMEOUT, "Longest a request may take, answer included."
+            ),
+            "connections": connections_option(DEFAULT_CONNECTIONS, "Requests in flight at once."),
             "auth": {
                 "type": "object",
                 "required": ["type"],

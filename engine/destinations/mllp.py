@@ -26,6 +26,7 @@ from engine.config.registry import Plugin
 from engine.config.schema import PORT
 from engine.config.units import DURATION, SIZE
 from engine.destinations.base import DeliveryMeta, Outcome, Reject, Retry, Sent
+from engine.destinations.options import MAX_CONNECTIONS, connections_option
 from engine.protocol.ack import AckInfo, parse_ack
 from engine.protocol.charset import decode_message
 from engine.protocol.er7 import Er7Error, peek_header
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 DEFAULT_ACK_TIMEOUT = 30.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_MAX_ACK_BYTES = 1024 * 1024
-MAX_CONNECTIONS = 64
 
 PLUGIN = Plugin(
     name="mllp",
@@ -59,14 +59,9 @@ PLUGIN = Plugin(
                 "exclusiveMinimum": 0,
                 "default": DEFAULT_CONNECT_TIMEOUT,
             },
-            "connections": {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": MAX_CONNECTIONS,
-                "default": 1,
-                "x-expected": f"a number of connections 1..{MAX_CONNECTIONS}",
-                "description": "Persistent connections, one message in flight on each.",
-            },
+            "connections": connections_option(
+                1, "Persistent connections, one message in flight on each."
+            ),
             "max_ack_bytes": {"x-unit": SIZE, "minimum": 1, "default": DEFAULT_MAX_ACK_BYTES},
         },
     },

@@ -31,16 +31,15 @@ import aiohttp
 from engine.config.errors import ConfigProblem
 from engine.config.model import DestinationConfig
 from engine.config.registry import CheckContext, Plugin
-from engine.config.units import DURATION
 from engine.destinations.base import DeliveryMeta, Outcome, Reject, Retry, Sent
 from engine.destinations.http_common import origin, read_capped, retry_after
+from engine.destinations.options import MAX_CONNECTIONS, connections_option, timeout_option
 from engine.webhooks import WebhookSecret, headers
 
 alerts = logging.getLogger("engine.alerts")
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_CONNECTIONS = 4
-MAX_CONNECTIONS = 64
 # What a subscriber says back is kept with the attempt for `engine show`; an endpoint that
 # answers with a page of HTML must not fill the store.
 # A Retry-After further out than this is a subscriber's mistake, not a plan; the retry policy
@@ -74,20 +73,12 @@ PLUGIN_SCHEMA: dict[str, Any] = {
             "x-expected": "a webhook secret whsec_<base64>, from ${NAME}",
             "description": "During key rotation: requests are signed with both secrets.",
         },
-        "timeout": {
-            "x-unit": DURATION,
-            "exclusiveMinimum": 0,
-            "default": DEFAULT_TIMEOUT,
-            "description": "How long one request may take, from connect to the last byte.",
-        },
-        "connections": {
-            "type": "integer",
-            "minimum": 1,
-            "maximum": MAX_CONNECTIONS,
-            "default": DEFAULT_CONNECTIONS,
-            "x-expected": f"a number of connections 1..{MAX_CONNECTIONS}",
-            "description": "Requests in flight at once (pooled keep-alive connections).",
-        },
+        "timeout": timeout_option(
+            DEFAULT_TIMEOUT, "How long one request may take, from connect to the last byte."
+        ),
+        "connections": connections_option(
+            DEFAULT_CONNECTIONS, "Requests in flight at once (pooled keep-alive connections)."
+        ),
     },
 }
 
