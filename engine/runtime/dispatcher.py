@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from engine.config.model import DestinationConfig
 from engine.destinations.base import Destination, Outcome
 from engine.runtime.clock import Clock
 from engine.runtime.lanes import DestinationRunner, Queued
-from engine.store.base import Delivery, Store
+from engine.store.base import Delivery, NewDelivery, Store
 
 log = logging.getLogger("engine.dispatcher")
 
@@ -84,13 +84,15 @@ class Dispatcher:
         )
 
     def enqueue(
-        self, message_id: int, items: Iterable[tuple[int, str, str, str, bytes, float]]
+        self, message_id: int, ids: Sequence[int], deliveries: Sequence[NewDelivery]
     ) -> None:
-        """New deliveries from intake: (id, channel, destination, lane, payload, next_at)."""
-        for delivery_id, channel, destination, lane, payload, next_at in items:
-            runner = self.runners.get(destination)
+        """New deliveries from intake, once their commit returned `ids`."""
+        for delivery_id, d in zip(ids, deliveries, strict=True):
+            runner = self.runners.get(d.destination)
             if runner is not None:
-                runner.enqueue(Queued(delivery_id, message_id, channel, lane, payload, next_at))
+                runner.enqueue(
+                    Queued(delivery_id, message_id, d.channel, d.lane, d.payload, d.next_attempt_at)
+                )
 
     def watch(self, delivery_id: int) -> asyncio.Future[Outcome]:
         """A future for the delivery's final outcome (for the `delivered` ACK policy)."""

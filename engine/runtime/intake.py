@@ -161,13 +161,7 @@ class Intake:
         waits: list[asyncio.Future[Outcome]] = []
         if listener.ack == "delivered" and deliveries:
             waits = [self._dispatcher.watch(i) for i in ingested.delivery_ids]
-        self._dispatcher.enqueue(
-            ingested.message_id,
-            (
-                (i, d.channel, d.destination, d.lane, d.payload, d.next_attempt_at)
-                for i, d in zip(ingested.delivery_ids, deliveries, strict=True)
-            ),
-        )
+        self._dispatcher.enqueue(ingested.message_id, ingested.delivery_ids, deliveries)
         if waits and code == "AA":
             return await self._relay(
                 listener, decoded, ingested.message_id, ingested.delivery_ids, waits
