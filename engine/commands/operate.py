@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import TextIO
 
@@ -14,7 +15,7 @@ from engine.config.model import EngineConfig
 from engine.runtime.clock import SystemClock
 from engine.runtime.engine import compile_config
 from engine.runtime.replay import Replayer, ReplayPlan
-from engine.store.base import Store
+from engine.store.base import MessageFilter, Store
 
 PAGE = 1000
 
@@ -26,7 +27,7 @@ async def _select(store: Store, args: argparse.Namespace) -> list[int]:
     before: int | None = None
     flt = message_filter(args, limit=PAGE)
     while True:
-        page = await store.search(type(flt)(**{**flt.__dict__, "before_id": before}))
+        page = await store.search(dataclasses.replace(flt, before_id=before))
         # A replay or a duplicate is a copy of an original the filter also finds; selecting
         # it too would send the same message twice.
         ids.extend(r.id for r in page if r.status != "duplicate" and r.replay_of is None)
@@ -40,21 +41,8 @@ async def _select(store: Store, args: argparse.Namespace) -> list[int]:
 async def replay(
     store: Store, config: EngineConfig, args: argparse.Namespace, out: TextIO = sys.stdout
 ) -> int:
-    if not args.ids and not any(
-        getattr(args, k)
-        for k in (
-            "status",
-            "channel",
-            "destination",
-            "delivery_status",
-            "since",
-            "until",
-            "control_id",
-            "patient_id",
-            "appointment_id",
-            "message_type",
-        )
-    ):
+    # No ids and an empty filter would replay the whole store.
+    if not args.ids and message_filter(args, limit=PAGE) == MessageFilter(limit=PAGE):
         sys.stderr.write("engine: say which messages to replay: IDs or at least one filter\n")
         return 2
     missing = [i for i in dict.fromkeys(args.ids) if await store.get(i) is None]
