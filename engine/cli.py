@@ -166,21 +166,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from engine.commands.send import send_files
 
         return _run_async(lambda: send_files(args.files, args.host, args.port, args.timeout))
-    if args.command in ("fake-fhir", "fake-webhooks"):
-        return _http_fake(args)
-    if args.command == "fake-ehr":
-        from engine.testing.fake_ehr import run as run_fake_ehr
-
-        def quiet(line: str) -> None:
-            return None
-
-        # Flushed per message: whoever reads a pipe (tee, grep, a test) sees each one arrive.
-        write = quiet if args.quiet else functools.partial(print, flush=True)
-        try:
-            _run_async(lambda: run_fake_ehr(args.port, args.host, args.mode, write=write))
-        except OSError as exc:
-            raise CommandError(f"cannot start the fake EHR: {exc}") from exc
-        return 0
+    if args.command in ("fake-ehr", "fake-fhir", "fake-webhooks"):
+        return _fake(args)
     if args.command == "bench":
         from engine.bench import run_bench
 
@@ -188,10 +175,18 @@ def _dispatch(args: argparse.Namespace) -> int:
     return _run_async(lambda: _store_command(args))
 
 
-def _http_fake(args: argparse.Namespace) -> int:
-    write = functools.partial(print, flush=True)
+def _fake(args: argparse.Namespace) -> int:
+    """The test kit's fakes, served until Ctrl-C. Output is flushed per line: whoever reads a
+    pipe (tee, grep, a test) sees each message arrive."""
+    write: Callable[[str], Any] = functools.partial(print, flush=True)
     try:
-        if args.command == "fake-fhir":
+        if args.command == "fake-ehr":
+            from engine.testing.fake_ehr import run as run_fake_ehr
+
+            if args.quiet:
+                write = _ignore
+            _run_async(lambda: run_fake_ehr(args.port, args.host, args.mode, write=write))
+        elif args.command == "fake-fhir":
             from engine.testing.fake_fhir import run as run_fake_fhir
 
             _run_async(lambda: run_fake_fhir(args.port, args.host, write=write))
@@ -206,6 +201,10 @@ def _http_fake(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CommandError(f"cannot start the {args.command}: {exc}") from exc
     return 0
+
+
+def _ignore(line: str) -> None:
+    return None
 
 
 async def _store_command(args: argparse.Namespace) -> int:
