@@ -66,11 +66,13 @@ class CompiledChannel:
         """`message_type` is "SIU^S12" (MSH-9.1^MSH-9.2)."""
         return not self._accept or message_type in self._accept
 
-    def run(self, text: str, codec: str, only: str | None = None) -> ChannelOutcome:
-        """Run the channel; `only` restricts the payloads to one destination (replay --to)."""
+    def run(self, source: str | Message, codec: str, only: str | None = None) -> ChannelOutcome:
+        """Run the channel on ER7 text, or on a copy of an already parsed message (so one
+        channel's steps never reach another's); `only` restricts the payloads to one
+        destination (replay --to)."""
         step_label = "parse"
         try:
-            message = Message.parse(text)
+            message = source.copy() if isinstance(source, Message) else Message.parse(source)
             charset = message.get("MSH-18")
             step_label = "filter"
             if self._filter is not None and not self._filter(message):

@@ -38,7 +38,7 @@ def _outcome(channel: CompiledChannel, test: ChannelTest) -> ChannelOutcome | st
         return f"input is rejected at intake: {decoded.rejection.text}"
     if not channel.accepts(decoded.message_type):
         return f"the channel does not accept {decoded.message_type}"
-    return channel.run(decoded.text, decoded.codec)
+    return channel.run(decoded.source, decoded.codec)
 
 
 def run_test(config: ChannelConfig, channel: CompiledChannel, test: ChannelTest) -> TestResult:

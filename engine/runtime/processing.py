@@ -36,10 +36,17 @@ class Decoded:
     codec: str
     keys: MessageKeys = field(default_factory=MessageKeys)
     rejection: Rejection | None = None
+    # Parsed once here for the keys; each channel works on a copy (cheaper than a parse).
+    message: Message | None = None
 
     @property
     def message_type(self) -> str:
         return self.keys.message_type
+
+    @property
+    def source(self) -> str | Message:
+        """What channels run on: the parsed message when there is one, else the text."""
+        return self.message if self.message is not None else self.text
 
 
 def decode(data: bytes) -> Decoded:
@@ -76,10 +83,11 @@ def decode(data: bytes) -> Decoded:
             ),
         )
     try:
-        keys = _with_ids(keys, Message.parse(text))
+        message = Message.parse(text)
+        keys = _with_ids(keys, message)
     except Er7Error as exc:
         return Decoded(header, text, codec, keys, Rejection(exc.code, exc.location, str(exc)))
-    return Decoded(header, text, codec, keys)
+    return Decoded(header, text, codec, keys, message=message)
 
 
 def _with_ids(keys: MessageKeys, message: Message) -> MessageKeys:
@@ -119,4 +127,4 @@ def route(
 def run_channels(
     decoded: Decoded, channels: list[CompiledChannel], only: str | None = None
 ) -> list[ChannelOutcome]:
-    return [c.run(decoded.text, decoded.codec, only) for c in channels]
+    return [c.run(decoded.source, decoded.codec, only) for c in channels]
