@@ -27,13 +27,19 @@ from engine.protocol.ack import AckError, build_ack
 from engine.protocol.er7 import Header, parse_path
 from engine.runtime.clock import Clock
 from engine.runtime.dispatcher import Dispatcher
-from engine.runtime.processing import Decoded, Rejection, decode, route, run_channels
+from engine.runtime.processing import (
+    Decoded,
+    Rejection,
+    decode,
+    new_deliveries,
+    route,
+    run_channels,
+)
 from engine.store.base import (
     DuplicateHit,
     Ingest,
     MessageKeys,
     NewChannelResult,
-    NewDelivery,
     NewMessage,
     Store,
 )
@@ -141,11 +147,7 @@ class Intake:
         else:
             code, text, ack_errors = "AE", "processing failed", errors
         ack = self._ack(decoded.header, code, text, decoded.codec, ack_errors)
-        deliveries = [
-            NewDelivery(o.channel, p.destination.name, p.lane, p.data, now)
-            for o in outcomes
-            for p in o.payloads
-        ]
+        deliveries = new_deliveries(outcomes, now)
         try:
             ingested = await self._store.ingest(
                 Ingest(
@@ -153,7 +155,7 @@ class Intake:
                         listener, data, decoded, now, "error" if failed else "processed", code, ack
                     ),
                     tuple(stored_result(o) for o in outcomes),
-                    tuple(deliveries),
+                    deliveries,
                 )
             )
         except Exception as exc:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from engine.pipeline.channel import ChannelOutcome, CompiledChannel
 from engine.protocol.charset import decode_message
 from engine.protocol.er7 import Er7Error, Header, Message
-from engine.store.base import MessageKeys
+from engine.store.base import MessageKeys, NewDelivery
 
 REQUIRED_FIELD_MISSING = 101
 UNSUPPORTED_MESSAGE_TYPE = 200
@@ -128,3 +128,12 @@ def run_channels(
     decoded: Decoded, channels: list[CompiledChannel], only: str | None = None
 ) -> list[ChannelOutcome]:
     return [c.run(decoded.source, decoded.codec, only) for c in channels]
+
+
+def new_deliveries(outcomes: list[ChannelOutcome], now: float) -> tuple[NewDelivery, ...]:
+    """One queued delivery per payload the channels produced, due now."""
+    return tuple(
+        NewDelivery(o.channel, p.destination.name, p.lane, p.data, now)
+        for o in outcomes
+        for p in o.payloads
+    )

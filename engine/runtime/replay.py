@@ -16,12 +16,11 @@ from engine.config.model import EngineConfig
 from engine.pipeline.channel import ChannelOutcome, CompiledChannel
 from engine.runtime.clock import Clock
 from engine.runtime.intake import CONTENT_TYPE, stored_result
-from engine.runtime.processing import Rejection, decode, route, run_channels
+from engine.runtime.processing import Rejection, decode, new_deliveries, route, run_channels
 from engine.store.base import (
     Ingest,
     MessageKeys,
     MessageStatus,
-    NewDelivery,
     NewMessage,
     Store,
 )
@@ -112,11 +111,7 @@ class Replayer:
         status: MessageStatus = (
             "rejected" if plan.rejection else "error" if failed else "processed"
         )
-        deliveries = tuple(
-            NewDelivery(o.channel, p.destination.name, p.lane, p.data, now)
-            for o in plan.outcomes
-            for p in o.payloads
-        )
+        deliveries = new_deliveries(plan.outcomes, now)
         ingested = await self._store.ingest(
             Ingest(
                 NewMessage(
