@@ -12,8 +12,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-run: $(STAMP)
-	$(BIN)/engine run --config routes.yaml
+# The example's webhook secret: WEBHOOK_SECRET when set, else one made for this checkout and
+# kept in data/ (never committed), which `engine fake-webhooks` is then given the same way.
+DEV_SECRET := data/dev-webhook-secret
+
+$(DEV_SECRET):
+	@mkdir -p data
+	@$(BIN)/python -c "import base64, os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())" > $@
+
+run: $(STAMP) $(DEV_SECRET)
+	WEBHOOK_SECRET="$${WEBHOOK_SECRET:-$$(cat $(DEV_SECRET))}" $(BIN)/engine run --config routes.yaml
 
 test: $(STAMP)
 	$(BIN)/ruff check engine tests benchmarks

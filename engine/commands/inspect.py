@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any, TextIO
 
 from engine.commands.output import dump_json, segments, table, when
-from engine.store.base import MessageDetail, MessageFilter, MessageRow, Store
+from engine.store.base import (
+    AppointmentVersionRow,
+    MessageDetail,
+    MessageFilter,
+    MessageRow,
+    Store,
+)
 
 
 def parse_time(text: str) -> float:
@@ -36,7 +43,13 @@ def add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--control-id")
     parser.add_argument("--patient-id")
     parser.add_argument("--appointment-id")
-    parser.add_argument("--type", dest="message_type", help="e.g. SIU^S12")
+    parser.add_argument("--type", dest="message_type", help="e.g. SIU^S12 or Appointment")
+    parser.add_argument(
+        "--flagged",
+        action="store_true",
+        default=None,
+        help="only messages whose appointment was flagged (double booking, out of order, ...)",
+    )
     parser.add_argument("--limit", type=int, default=100)
 
 
@@ -52,6 +65,7 @@ def message_filter(args: argparse.Namespace, limit: int | None = None) -> Messag
         patient_id=args.patient_id,
         appointment_id=args.appointment_id,
         message_type=args.message_type,
+        flagged=args.flagged,
         limit=limit if limit is not None else args.limit,
     )
 
@@ -121,6 +135,11 @@ def _detail_json(detail: MessageDetail) -> dict[str, Any]:
             for d in detail.deliveries
         ],
         "replays": list(detail.replays),
+        "appointment": (
+            {**asdict(detail.appointment), "resource": text(detail.appointment.resource)}
+            if detail.appointment
+            else None
+        ),
     }
 
 
@@ -150,6 +169,8 @@ async def show(store: Store, message_id: int, as_json: bool, out: TextIO = sys.s
         w(f"  duplicate of message {m.duplicate_of} (answered with its ACK, not processed)\n")
     if detail.replays:
         w(f"  replayed as: {', '.join(str(r) for r in detail.replays)}\n")
+    if detail.appointment is not None:
+        _appointment(detail.appointment, w)
     w("\nraw:\n")
     for seg in segments(detail.raw, codec):
         w(f"  {seg}\n")
@@ -187,3 +208,14 @@ async def show(store: Store, message_id: int, as_json: bool, out: TextIO = sys.s
             for seg in segments(attempt.response, codec) if attempt.response else []:
                 w(f"    {seg}\n")
     return 0
+
+
+def _appointment(version: AppointmentVersionRow, w: Callable[[str], object]) -> None:
+    """What the message did to its appointment, and what looked wrong about it."""
+    number = f"version {version.version}" if version.version is not None else "not current"
+    w(
+        f"  appointment {version.key}: {version.change}, status {version.status}, "
+        f"{number} ({version.disposition})\n"
+    )
+    for warning in version.warnings:
+        w(f"  FLAGGED {warning.kind}: {warning.text}\n")

@@ -35,6 +35,12 @@ def dump_json(value: Any, out: TextIO = sys.stdout) -> None:
 
 
 def segments(data: bytes, codec: str) -> list[str]:
-    """An HL7 message as one segment per line, for reading in a terminal."""
+    """An HL7 message as one segment per line, or a JSON body (a FHIR resource, an event)
+    indented, for reading in a terminal."""
+    if data[:1] == b"{":
+        try:
+            return json.dumps(json.loads(data), indent=2, ensure_ascii=False).splitlines()
+        except ValueError:
+            pass  # not JSON after all: shown as text
     text = data.decode(codec or "utf-8", errors="replace")
     return [s for s in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if s]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -21,6 +22,7 @@ from engine.config.errors import ConfigError, ConfigProblem
 from engine.config.model import (
     ChannelConfig,
     EngineConfig,
+    HttpListenerConfig,
     ListenerConfig,
     MllpListenerConfig,
     Pos,
@@ -85,6 +87,7 @@ class _Loading:
                 channels[name] = channel
         semantic.unique_destinations(named, self.problems)
         store, listeners, routes = self._routes(routes_doc, set(channel_files))
+        timezone = self._timezone(routes_doc)
         if self.problems:
             raise ConfigError(list(dict.fromkeys(self.problems)))
         return EngineConfig(
@@ -95,7 +98,22 @@ class _Loading:
             routes=routes,
             channels=channels,
             tables=tables,
+            timezone=timezone,
         )
+
+    def _timezone(self, doc: Doc | None) -> str:
+        """`timezone:` of routes.yaml, checked against the zone database."""
+        name = _mapping(doc.data if doc is not None else None).get("timezone", "UTC")
+        if not isinstance(name, str):
+            return "UTC"  # the schema reported it
+        try:
+            zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            assert doc is not None
+            self._problem(doc.at(("timezone",)), f"unknown time zone {name!r}: expected an "
+                          "IANA name like Europe/Berlin")
+            return "UTC"
+        return name
 
     def _files(self, folder: Path, kind: str) -> dict[str, Path]:
         """`<stem> -> file` for the folder's .yaml files, sorted by name."""
@@ -158,19 +176,32 @@ class _Loading:
         )
         tests = semantic.channel_tests(doc, data.get("tests"), set(entries), self.problems)
         accept = _mapping(data.get("accept")).get("type", ())
+        accept_types = (accept,) if isinstance(accept, str) else tuple(accept)
+        raw_steps = data.get("steps")
+        if not found and len(steps) == len(raw_steps if isinstance(raw_steps, list) else []):
+            # Only over a channel whose every step was understood: a walk with gaps guesses.
+            from engine.config import flow
+
+            self.problems.extend(flow.check(
+                accept_types, condition, steps, self.steps,
+                [(d.order_by, doc.at(("destinations", d.name, "order_by")))
+                 for d in destinations if d.order_by is not None],
+            ))
         window = _mapping(data.get("dedupe")).get("window", 86400.0)
+        conflicts = data.get("conflicts", "flag")
         description = data.get("description", "")
         return ChannelConfig(
             name=name,
             file=file,
             pos=doc.at(()),
             description=description if isinstance(description, str) else "",
-            accept_types=(accept,) if isinstance(accept, str) else tuple(accept),
+            accept_types=accept_types,
             filter=condition,
             steps=tuple(steps),
             destinations=tuple(destinations),
             dedupe_window=window if isinstance(window, float) else 86400.0,
             tests=tuple(tests),
+            conflicts="reject" if conflicts == "reject" else "flag",
         )
 
     def _routes(
@@ -206,9 +237,22 @@ class _Loading:
         self.problems.extend(found)
         if found:
             return None
-        options = {k: v for k, v in spec.items() if k != "mllp"}
+        kinds = [k for k in ("mllp", "http") if k in spec]
+        if len(kinds) != 1:
+            self._problem(doc.at(path), "expected exactly one of mllp: or http:")
+            return None
+        if "http" in spec and spec.get("ack") == "delivered":
+            self._problem(
+                doc.at((*path, "ack")), "expected commit or processed: delivered is for mllp"
+            )
+            return None
+        options = {k: v for k, v in spec.items() if k not in ("mllp", "http")}
         return ListenerConfig(
-            name=name, mllp=MllpListenerConfig(**spec["mllp"]), pos=doc.key_at(path), **options
+            name=name,
+            pos=doc.key_at(path),
+            mllp=MllpListenerConfig(**spec["mllp"]) if "mllp" in spec else None,
+            http=HttpListenerConfig(**spec["http"]) if "http" in spec else None,
+            **options,
         )
 
     def _store(self, doc: Doc, text: Any) -> str:

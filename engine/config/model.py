@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 AckPolicy = Literal["commit", "processed", "delivered"]
+ConflictPolicy = Literal["flag", "reject"]
 
 
 @dataclass(frozen=True)
@@ -37,13 +38,33 @@ class MllpListenerConfig:
 
 
 @dataclass(frozen=True)
+class HttpListenerConfig:
+    """A FHIR REST endpoint: `path` is the FHIR base (`/fhir` serves `/fhir/Appointment`)."""
+
+    port: int
+    host: str = "127.0.0.1"
+    path: str = "/fhir"
+    max_body_bytes: int = 1024 * 1024
+    max_connections: int = 512
+
+
+@dataclass(frozen=True)
 class ListenerConfig:
+    """Exactly one of `mllp` and `http` is set (the loader checks it)."""
+
     name: str
-    mllp: MllpListenerConfig
     pos: Pos
+    mllp: MllpListenerConfig | None = None
+    http: HttpListenerConfig | None = None
     ack: AckPolicy = "processed"
     # How long the `delivered` policy waits for the destinations before answering AE.
     ack_timeout: float = 30.0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        bound = self.mllp or self.http
+        assert bound is not None  # the loader guarantees one
+        return bound.host, bound.port
 
 
 @dataclass(frozen=True)
@@ -104,6 +125,8 @@ class ChannelTest:
     expect: dict[str, dict[str, str]] = field(default_factory=dict)
     # expected overall outcome: "delivered" (default when expect is given), "filtered", "error"
     outcome: str | None = None
+    # the appointment's earlier version (for S13/S14 triggers and `updated` events)
+    previous: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +141,10 @@ class ChannelConfig:
     destinations: tuple[DestinationConfig, ...] = ()
     dedupe_window: float = 86400.0  # seconds; 0 turns duplicate detection off
     tests: tuple[ChannelTest, ...] = ()
+    # What an appointment conflict (unknown appointment, update after cancel, out of order,
+    # double booking) does: `flag` stores it with a warning and an alert, `reject` fails the
+    # channel (AE / 422) with the reason.
+    conflicts: ConflictPolicy = "flag"
 
 
 @dataclass(frozen=True)
@@ -139,6 +166,8 @@ class EngineConfig:
     routes: dict[str, tuple[str, ...]]  # listener name -> channel names, in order
     channels: dict[str, ChannelConfig]
     tables: dict[str, Table]
+    # IANA zone for HL7 times written without an offset (SIU -> FHIR, appointment state).
+    timezone: str = "UTC"
 
     @property
     def transforms_dir(self) -> Path:

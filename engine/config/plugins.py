@@ -109,7 +109,7 @@ def destinations(
             found += more
         order_by = entry.get("order_by")
         if isinstance(order_by, str):
-            more_path = semantic.path_problem(order_by, doc.at((*path, "order_by")))
+            more_path = semantic.field_or_element_problem(order_by, doc.at((*path, "order_by")))
             found += [more_path] if more_path is not None else []
         retry = _retry(doc, path, entry.get("retry"), found)
         problems.extend(found)

@@ -36,10 +36,12 @@ COMBINATORS = ("all", "any", "not")
 _POSITIVE_DURATION: dict[str, Any] = {"x-unit": DURATION, "exclusiveMinimum": 0}
 _SCALAR: dict[str, Any] = {"type": ["string", "number", "boolean"]}
 _SCALARS: dict[str, Any] = {"type": "array", "minItems": 1, "items": _SCALAR}
+# HL7 v2 types as "SIU^S12"; FHIR resources by resource type (the HTTP listener's input).
+FHIR_TYPES = ("Appointment",)
 _MESSAGE_TYPE: dict[str, Any] = {
     "type": "string",
-    "pattern": r"^[A-Z0-9]{3}\^[A-Z0-9]{2,3}$",
-    "x-expected": "a message type like SIU^S12",
+    "pattern": r"^([A-Z0-9]{3}\^[A-Z0-9]{2,3}|" + "|".join(FHIR_TYPES) + ")$",
+    "x-expected": "a message type like SIU^S12, or Appointment (FHIR)",
 }
 
 
@@ -75,14 +77,39 @@ MLLP_LISTENER = _closed(
     required=["port"],
 )
 
+HTTP_LISTENER = _closed(
+    {
+        "port": PORT,
+        "host": {"type": "string", "minLength": 1},
+        "path": {
+            "type": "string",
+            "pattern": "^(/[A-Za-z0-9._~-]+)*/?$",
+            "x-expected": "a URL path like /fhir",
+        },
+        "max_body_bytes": {"x-unit": SIZE, "minimum": 1},
+        "max_connections": {"type": "integer", "minimum": 1},
+    },
+    required=["port"],
+)
+
+# Exactly one of mllp / http: the loader says so (a schema oneOf would report both branches).
 LISTENER = _closed(
-    {"mllp": MLLP_LISTENER, "ack": {"enum": list(ACK_POLICIES)}, "ack_timeout": _POSITIVE_DURATION},
-    required=["mllp"],
+    {
+        "mllp": MLLP_LISTENER,
+        "http": HTTP_LISTENER,
+        "ack": {"enum": list(ACK_POLICIES)},
+        "ack_timeout": _POSITIVE_DURATION,
+    },
 )
 
 ROUTES = _closed(
     {
         "store": {"type": "string", "minLength": 1},
+        "timezone": {
+            "type": "string",
+            "minLength": 1,
+            "x-expected": "an IANA time zone like Europe/Berlin or UTC",
+        },
         "listeners": {
             "type": "object",
             "minProperties": 1,
@@ -135,6 +162,8 @@ CHANNEL_TEST = _closed(
     {
         "name": {"type": "string", "minLength": 1},
         "input": {"x-unit": PATH, "type": "string", "minLength": 1},
+        # The appointment's earlier version, as the engine would hold it (S13/S14 triggers).
+        "previous": {"x-unit": PATH, "type": "string", "minLength": 1},
         "expect": {
             "type": "object",
             "additionalProperties": {"type": "object", "additionalProperties": _SCALAR},
@@ -159,6 +188,7 @@ CHANNEL: dict[str, Any] = _closed(
             "additionalProperties": {"type": "object"},
         },
         "dedupe": _closed({"window": {"x-unit": DURATION}}),
+        "conflicts": {"enum": ["flag", "reject"]},
         "tests": {"type": "array", "items": CHANNEL_TEST},
     }
 ) | {"$defs": {"condition": CONDITION}}

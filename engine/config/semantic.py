@@ -1,6 +1,7 @@
 """Rules a schema cannot express: field paths parse, regexes compile, one test per filter
 condition, routes name existing listeners and channels, every listener is routed, destination
-names are unique across channels, channel tests name existing inputs and destinations.
+names are unique across channels, channel tests name existing inputs and destinations and
+expect field paths (HL7 v2 output) or element paths (JSON output).
 
 Functions here take already schema-checked data and stay defensive about shapes (the schema
 problem was reported; a second one about the same node would be noise). Where a rule builds
@@ -35,6 +36,23 @@ def path_problem(text: str, pos: Pos) -> ConfigProblem | None:
     except PathError as exc:
         return ConfigProblem(pos, f"expected a field path: {exc}")
     return None
+
+
+def field_or_element_problem(text: str, pos: Pos) -> ConfigProblem | None:
+    """A problem when `text` is neither an ER7 field path (`SCH-7.1`, for HL7 v2 documents)
+    nor an element path (`participant.0.actor.reference`, for JSON documents)."""
+    from engine.pipeline.elements import is_element_path
+
+    found = path_problem(text, pos)
+    if found is None or is_element_path(text):
+        return None
+    if text[:1].islower() and "-" not in text:  # meant as an element path
+        return ConfigProblem(
+            pos,
+            "expected an element path like participant.0.actor.reference (names and 0-based "
+            f"indices joined by dots) or a field path like SCH-7.1, got '{text}'",
+        )
+    return found
 
 
 def filter_condition(doc: Doc, value: Any, problems: list[ConfigProblem]) -> Condition | None:
@@ -141,11 +159,13 @@ def channel_tests(
         seen.setdefault(name, doc.at((*path, "name")))
         before = len(problems)
         source = test.get("input")
-        if isinstance(source, str) and not Path(source).is_file():
-            written = doc.texts.get((*path, "input"), source)
-            problems.append(ConfigProblem(
-                doc.at((*path, "input")), f"test input '{written}' does not exist"
-            ))
+        previous = test.get("previous")
+        for key, file in (("input", source), ("previous", previous)):
+            if isinstance(file, str) and not Path(file).is_file():
+                written = doc.texts.get((*path, key), file)
+                problems.append(ConfigProblem(
+                    doc.at((*path, key)), f"test {key} '{written}' does not exist"
+                ))
         expect = test.get("expect") if isinstance(test.get("expect"), dict) else {}
         assert isinstance(expect, dict)
         outcome = test.get("outcome")
@@ -163,6 +183,7 @@ def channel_tests(
             out.append(ChannelTest(
                 name=name, input=Path(source), pos=doc.at(path), expect=fields,
                 outcome=outcome if outcome is not None else ("delivered" if expect else None),
+                previous=Path(previous) if isinstance(previous, str) else None,
             ))
     return out
 
@@ -183,7 +204,7 @@ def _expectations(
         if not isinstance(values, dict):
             continue
         for field in values:
-            found = path_problem(field, doc.key_at((*dest_path, field)))
+            found = field_or_element_problem(field, doc.key_at((*dest_path, field)))
             if found is not None:
                 problems.append(found)
         fields[dest] = {f: doc.texts.get((*dest_path, f), str(v)) for f, v in values.items()}
@@ -228,7 +249,7 @@ def listener_ports(listeners: Iterable[ListenerConfig], problems: list[ConfigPro
     """Two listeners cannot bind the same host and port."""
     taken: dict[tuple[str, int], str] = {}
     for listener in listeners:
-        address = (listener.mllp.host, listener.mllp.port)
+        address = listener.address
         if address in taken:
             problems.append(ConfigProblem(
                 listener.pos,

@@ -124,8 +124,7 @@ def _put(msg: Message, path: str, value: str) -> None:
 
 
 def _put_cwe(msg: Message, path: str, concept: Any) -> None:
-    for n, value in enumerate(cwe_of(concept), 1):
-        _put(msg, f"{path}.{n}", value)
+    msg.set_components(path, cwe_of(concept))
 
 
 def _schedule(msg: Message, resource: dict[str, Any]) -> None:
@@ -133,9 +132,8 @@ def _schedule(msg: Message, resource: dict[str, Any]) -> None:
     for field, identifier in ((1, placer), (2, filler)):
         if identifier is None:
             continue
-        _put(msg, f"SCH-{field}.1", str(identifier.get("value", "")))
-        for n, value in enumerate(hd_of(identifier), 2):
-            _put(msg, f"SCH-{field}.{n}", value)
+        msg.set_components(f"SCH-{field}", (str(identifier.get("value", "")),
+                                             *hd_of(identifier)))
     reasons = resource.get("reasonCode")
     if isinstance(reasons, list) and reasons:
         _put_cwe(msg, "SCH-7", reasons[0])
@@ -196,10 +194,9 @@ def _patient(msg: Message, k: int, participant: dict[str, Any]) -> None:
     seg = f"PID[{k}]"
     msg.set(f"{seg}-1", str(k))
     identifier = _actor_identifier(participant)
-    _put(msg, f"{seg}-3.1", str(identifier.get("value", "")))
-    for n, value in enumerate(hd_of(identifier), 1):
-        _put(msg, f"{seg}-3.4.{n}", value)
-    _put(msg, f"{seg}-3.5", cwe_of(identifier.get("type"))[0])
+    msg.set_components(f"{seg}-3", (str(identifier.get("value", "")), "", "", "",
+                                    cwe_of(identifier.get("type"))[0]))
+    msg.set_components(f"{seg}-3.4", hd_of(identifier))
 
 
 def _resource_head(msg: Message, name: str, k: int, action: str,
@@ -223,14 +220,12 @@ def _resource(msg: Message, name: str, k: int, participant: dict[str, Any], acti
     if name == "AIG":
         system = coding_system_name(str(identifier.get("system") or ""))
         display = participant["actor"].get("display")
-        for n, text in enumerate((value, display if isinstance(display, str) else "", system),
-                                 1):
-            _put(msg, f"{seg}-3.{n}", text)
+        msg.set_components(f"{seg}-3",
+                           (value, display if isinstance(display, str) else "", system))
     else:
         _put(msg, f"{seg}-3.1", value)
         hd_path = f"{seg}-3.4" if name == "AIL" else f"{seg}-3.9"
-        for n, text in enumerate(hd_of(identifier), 1):
-            _put(msg, f"{hd_path}.{n}", text)
+        msg.set_components(hd_path, hd_of(identifier))
     types = participant.get("type")
     if isinstance(types, list) and types:
         _put_cwe(msg, f"{seg}-4", types[0])

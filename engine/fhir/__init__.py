@@ -5,6 +5,19 @@ The HTTP listener calls `parse_appointment` on each body and answers `Invalid.st
 """
 
 from engine.fhir.outcome import Invalid, Issue, operation_outcome
-from engine.fhir.validation import check_appointment, parse_appointment
+from engine.fhir.validation import (
+    check_appointment,
+    parse_appointment,
+    read_json,
+    validate_appointment,
+)
 
-__all__ = ["Invalid", "Issue", "check_appointment", "operation_outcome", "parse_appointment"]
+__all__ = [
+    "Invalid",
+    "Issue",
+    "check_appointment",
+    "operation_outcome",
+    "parse_appointment",
+    "read_json",
+    "validate_appointment",
+]

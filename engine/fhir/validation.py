@@ -28,6 +28,8 @@ __all__ = [
     "PARTICIPANT_STATUSES",
     "check_appointment",
     "parse_appointment",
+    "read_json",
+    "validate_appointment",
 ]
 
 # http://hl7.org/fhir/appointmentstatus (R4 / R4B, required binding).
@@ -101,11 +103,17 @@ def parse_appointment(body: bytes, *, max_bytes: int = 1_048_576) -> dict[str, A
     Raises `Invalid` (400: unreadable or not an Appointment; 422: invalid Appointment) with
     every issue found.
     """
-    resource = _read_object(body, max_bytes)
+    return validate_appointment(read_json(body, max_bytes))
+
+
+def validate_appointment(resource: dict[str, Any], at: str = _ROOT) -> dict[str, Any]:
+    """Validate an Appointment already read as JSON (a Bundle entry's resource, found `at`
+    `Bundle.entry[2].resource`: the issues' expressions then start there)."""
     kind = resource.get("resourceType")
     if kind is None:
         raise Invalid(
-            400, [Issue("error", "invalid", "resourceType is missing; expected Appointment")]
+            400,
+            [Issue("error", "invalid", "resourceType is missing; expected Appointment", (at,))],
         )
     if kind != _ROOT:
         raise Invalid(
@@ -115,6 +123,7 @@ def parse_appointment(body: bytes, *, max_bytes: int = 1_048_576) -> dict[str, A
                     "error",
                     "not-supported",
                     "resourceType is not supported here; expected Appointment",
+                    (at,),
                 )
             ],
         )
@@ -125,8 +134,18 @@ def parse_appointment(body: bytes, *, max_bytes: int = 1_048_576) -> dict[str, A
     covered = {e for issue in issues for e in issue.expression}
     issues.extend(i for i in check_appointment(resource) if not covered.intersection(i.expression))
     if issues:
-        raise Invalid(422, _bounded(issues))
+        raise Invalid(422, [_rebased(i, at) for i in _bounded(issues)])
     return resource
+
+
+def _rebased(issue: Issue, at: str) -> Issue:
+    if at == _ROOT:
+        return issue
+    moved = tuple(
+        at + e[len(_ROOT):] if e == _ROOT or e.startswith(_ROOT + ".") else e
+        for e in issue.expression
+    )
+    return Issue(issue.severity, issue.code, issue.diagnostics, moved)
 
 
 def check_appointment(resource: dict[str, Any]) -> list[Issue]:
@@ -136,8 +155,11 @@ def check_appointment(resource: dict[str, Any]) -> list[Issue]:
     conversions can call it on what they build as well as the HTTP path on what it receives.
     """
     issues: list[Issue] = []
-    status = resource.get("status")
-    if not isinstance(status, str):
+    given = resource.get("status")
+    # Only a string is a status; anything else (a list, an object) is reported once here and
+    # reads as "no status" for the rules below, which compare it with sets of codes.
+    status = given if isinstance(given, str) else None
+    if status is None:
         issues.append(_error("required", "status is required: one of " + _STATUS_LIST, "status"))
     elif status not in APPOINTMENT_STATUSES:
         issues.append(
@@ -179,7 +201,9 @@ def _structure_issues(resource: dict[str, Any]) -> list[Issue]:
     return []
 
 
-def _read_object(body: bytes, max_bytes: int) -> dict[str, Any]:
+def read_json(body: bytes, max_bytes: int) -> dict[str, Any]:
+    """A request body as one JSON object (FHIR JSON rules: UTF-8, no duplicate keys, no
+    NaN), or `Invalid` 400 saying why not."""
     if len(body) > max_bytes:
         raise Invalid(
             400,
@@ -213,7 +237,7 @@ def _read_object(body: bytes, max_bytes: int) -> dict[str, Any]:
         raise Invalid(400, [Issue("error", "structure", "body is nested too deeply")]) from None
     if not isinstance(value, dict):
         raise Invalid(
-            400, [Issue("error", "structure", "body must be a JSON object holding one Appointment")]
+            400, [Issue("error", "structure", "body must be a JSON object holding one resource")]
         )
     return value
 

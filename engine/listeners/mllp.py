@@ -43,7 +43,8 @@ class MllpConnection(asyncio.Protocol):
     def __init__(self, listener: MllpListener) -> None:
         self._listener = listener
         self._config = listener.config
-        self._framer = Framer(self._config.mllp.max_message_bytes)
+        self._mllp = listener.mllp
+        self._framer = Framer(self._mllp.max_message_bytes)
         self._pending: deque[Frame | Oversized] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._transport: asyncio.Transport | None = None
@@ -58,7 +59,7 @@ class MllpConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         stats = self._listener.stats
-        if stats.connections >= self._config.mllp.max_connections:
+        if stats.connections >= self._mllp.max_connections:
             stats.refused += 1
             log.warning(
                 "listener %s: connection refused, %d open (max_connections)",
@@ -71,7 +72,7 @@ class MllpConnection(asyncio.Protocol):
         stats.connections += 1
         stats.connections_total += 1
         self._listener.connections.add(self)
-        self._schedule_idle(self._config.mllp.idle_timeout)
+        self._schedule_idle(self._mllp.idle_timeout)
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = self._loop.time()
@@ -159,7 +160,7 @@ class MllpConnection(asyncio.Protocol):
         if self._closed:
             return
         idle_for = self._loop.time() - self._last_activity
-        timeout = self._config.mllp.idle_timeout
+        timeout = self._mllp.idle_timeout
         if idle_for >= timeout and self._worker is None:
             self._listener.stats.idle_closed += 1
             if self._transport is not None:
@@ -178,7 +179,9 @@ class MllpConnection(asyncio.Protocol):
 
 class MllpListener:
     def __init__(self, config: ListenerConfig, intake: Intake) -> None:
+        assert config.mllp is not None  # engine.py builds MLLP listeners for mllp configs only
         self.config = config
+        self.mllp = config.mllp
         self.intake = intake
         self.stats = ListenerStats()
         self.connections: set[MllpConnection] = set()
@@ -193,12 +196,12 @@ class MllpListener:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: MllpConnection(self),
-            self.config.mllp.host,
-            self.config.mllp.port,
+            self.mllp.host,
+            self.mllp.port,
             reuse_address=True,
             backlog=1024,
         )
-        log.info("listener %s: MLLP on %s:%d", self.config.name, self.config.mllp.host, self.port)
+        log.info("listener %s: MLLP on %s:%d", self.config.name, self.mllp.host, self.port)
 
     async def stop(self) -> None:
         """Stop accepting, let in-progress messages finish and ACK, then close."""

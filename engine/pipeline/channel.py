@@ -1,23 +1,36 @@
-"""Running one channel on one message: accept → filter → steps → per-destination payloads.
+"""Running one channel on one document: accept → filter → steps → per-destination payloads.
 
 Pure CPU work, no I/O: the same code serves the live engine, `engine replay` and
-`engine test`. Each channel parses its own copy of the message, so one channel's steps never
-leak into another's. Any failure becomes an `error` outcome naming the step and field; a
-bug in a step (an unexpected exception) is an `error` too, never a crash of the engine.
+`engine test`. A channel runs on an HL7 v2 message (ER7 text or an already parsed
+`Message`) or on a JSON document (a FHIR resource as a dict), always on its own copy, so one
+channel's steps never leak into another's. Steps get the run's `RunContext` (time, control
+id, appointment state). Any failure becomes an `error` outcome naming the step and field; a
+bug in a step (an unexpected exception) is an `error` too, never a crash of the engine. A
+step with nothing to send (`StepFiltered`) gives a `filtered` outcome with its reason.
 
-The output is written in the charset its own MSH-18 names, as a receiver reads it: the
-received message's codec, or the one a step chose by changing MSH-18. Text that charset
-cannot hold is an `error` outcome.
+The output is what the last step left: an HL7 v2 message is written in the charset its own
+MSH-18 names, as a receiver reads it (the received message's codec, or the one a step chose
+by changing MSH-18; text that charset cannot hold is an `error` outcome); a JSON document is
+written as compact UTF-8 JSON. `content_type` says which. Filters read HL7 v2 fields: a
+filter handed a JSON document is an `error` outcome.
+
+`order_by` names a field path (`SCH-1.1`) or an element path (`identifier.0.value`); each
+reads its own kind of document, and a path of the other kind gives every payload the one
+lane "" (strict FIFO: ordering is never lost, only parallelism).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from engine.config.model import ChannelConfig, DestinationConfig
-from engine.pipeline.errors import APPLICATION_ERROR, StepError
+from engine.pipeline.context import Document, RunContext
+from engine.pipeline.documents import content_type, copy_document, describe, encode_json
+from engine.pipeline.elements import element_text, parse_element_path
+from engine.pipeline.errors import APPLICATION_ERROR, StepError, StepFiltered
 from engine.pipeline.filters import Predicate, compile_condition
 from engine.pipeline.steps import compile_step
 from engine.pipeline.steps.base import CompileContext, Step
@@ -47,6 +60,25 @@ class ChannelOutcome:
     error_code: int = APPLICATION_ERROR
     payloads: list[Payload] = field(default_factory=list)
     codec: str = ""  # the Python codec `output` is written in ("" unless ok)
+    # "application/hl7-v2", "application/fhir+json" or "application/json" ("" unless ok)
+    content_type: str = ""
+    document: Document | None = None  # what the steps left (a Message is also `message`)
+
+
+_NO_CONTEXT = RunContext()
+LaneKey = Callable[[Document], str]
+
+
+def lane_key(order_by: str | None) -> LaneKey:
+    """How a destination's lane is read from the output document (see the docstring)."""
+    if order_by is None:
+        return lambda doc: ""
+    try:
+        path = parse_path(order_by)
+    except ValueError:  # not a field path: an element path (the configuration checked it)
+        element = parse_element_path(order_by)
+        return lambda doc: element_text(doc, element) if isinstance(doc, dict) else ""
+    return lambda doc: doc.get(path) if isinstance(doc, Message) else ""
 
 
 class CompiledChannel:
@@ -58,37 +90,54 @@ class CompiledChannel:
             compile_condition(config.filter) if config.filter is not None else None
         )
         self._steps: list[Step] = [compile_step(spec, ctx) for spec in config.steps]
-        self._lanes = [
-            (d, parse_path(d.order_by) if d.order_by else None) for d in config.destinations
-        ]
+        self._lanes = [(d, lane_key(d.order_by)) for d in config.destinations]
 
     def accepts(self, message_type: str) -> bool:
         """`message_type` is "SIU^S12" (MSH-9.1^MSH-9.2)."""
         return not self._accept or message_type in self._accept
 
-    def run(self, source: str | Message, codec: str, only: str | None = None) -> ChannelOutcome:
-        """Run the channel on ER7 text, or on a copy of an already parsed message (so one
-        channel's steps never reach another's); `only` restricts the payloads to one
-        destination (replay --to)."""
+    def run(
+        self,
+        source: str | Message | dict[str, Any],
+        codec: str,
+        only: str | None = None,
+        context: RunContext | None = None,
+    ) -> ChannelOutcome:
+        """Run the channel on ER7 text, or on a copy of an already parsed message or JSON
+        document (so one channel's steps never reach another's); `codec` is the one the
+        source came in. `only` restricts the payloads to one destination (replay --to);
+        `context` is what the run knows beyond the document (none: time 0, no appointment)."""
+        run = context if context is not None else _NO_CONTEXT
         step_label = "parse"
         try:
-            message = source.copy() if isinstance(source, Message) else Message.parse(source)
-            charset = message.get("MSH-18")
+            doc = Message.parse(source) if isinstance(source, str) else copy_document(source)
+            charset = doc.get("MSH-18") if isinstance(doc, Message) else None
             step_label = "filter"
-            if self._filter is not None and not self._filter(message):
-                return ChannelOutcome(self.name, "filtered")
+            if self._filter is not None:
+                if not isinstance(doc, Message):
+                    raise StepError(
+                        f"filter: filters read HL7 v2 fields; the channel holds {describe(doc)}"
+                    )
+                if not self._filter(doc):
+                    return ChannelOutcome(self.name, "filtered")
             for step in self._steps:
                 step_label = step.label
-                message = step.apply(message)
+                doc = step.apply(doc, run)
             step_label = "encode"
-            if message.get("MSH-18") != charset:
-                codec = codec_for(message.get("MSH-18"))
-            output = message.to_er7().encode(codec)
+            if isinstance(doc, Message):
+                if doc.get("MSH-18") != charset:
+                    codec = codec_for(doc.get("MSH-18"))
+                output = doc.to_er7().encode(codec)
+            else:
+                codec = "utf-8"
+                output = encode_json(doc)
             payloads = [
-                Payload(dest, message.get(path) if path is not None else "", output)
-                for dest, path in self._lanes
+                Payload(dest, key(doc), output)
+                for dest, key in self._lanes
                 if only is None or dest.name == only
             ]
+        except StepFiltered as exc:
+            return ChannelOutcome(self.name, "filtered", error=exc.reason, error_step=step_label)
         except StepError as exc:
             return ChannelOutcome(
                 self.name,
@@ -127,7 +176,14 @@ class CompiledChannel:
                 error_step=step_label,
             )
         return ChannelOutcome(
-            self.name, "ok", output=output, message=message, payloads=payloads, codec=codec
+            self.name,
+            "ok",
+            output=output,
+            message=doc if isinstance(doc, Message) else None,
+            payloads=payloads,
+            codec=codec,
+            content_type=content_type(doc),
+            document=doc,
         )
 
 

@@ -23,3 +23,16 @@ class StepError(Exception):
         self.code = code
         # Kept in the store only (it may quote content); never sent back or logged.
         self.detail = detail
+
+
+class StepFiltered(Exception):
+    """A step decided there is nothing to send for this message, which is not an error.
+
+    The channel's outcome becomes `filtered` with `reason` kept as its error text, so
+    `engine show` says why. Like a StepError's text, the reason goes into the store and the
+    logs: it names fields and states, never message content.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -3,11 +3,16 @@
 `module.function` names `transforms/module.py` and a function in it. Modules are imported
 once per process under a private package name, so two configurations never share state
 by accident and a transform cannot shadow an installed module.
+
+How a function is called (`arguments`): with (document, context) when its signature names
+two positional parameters, else with (document) alone, as functions written before the run
+context existed are. A function that can be called neither way is a configuration problem.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import re
 import sys
 from collections.abc import Callable
@@ -58,3 +63,28 @@ def load_function(transforms_dir: Path, name: str) -> Callable[..., Any]:
     if not callable(function):
         raise TransformError(f"transforms/{module_name}.py has no function '{function_name}'")
     return function  # type: ignore[no-any-return]
+
+
+def arguments(function: Callable[..., Any], name: str) -> int:
+    """How many positional arguments to call `function` with: 2 (document, context) or 1
+    (document); TransformError when it takes neither (see the module docstring)."""
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (a builtin): the old convention
+        return 1
+    positional = [
+        p for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    required = [p for p in positional if p.default is inspect.Parameter.empty]
+    keyword_only = [
+        p.name for p in parameters
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+    ]
+    takes_more = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters)
+    if keyword_only or len(required) > 2 or not (positional or takes_more):
+        raise TransformError(
+            f"{name} must take (document) or (document, context), "
+            f"but its parameters are ({', '.join(p.name for p in parameters)})"
+        )
+    return 2 if len(positional) >= 2 else 1

@@ -32,10 +32,22 @@ class Encoding:
 # -------------------------------------------------------------------------- escapes
 
 _ESCAPE_TABLES: dict[Encoding, dict[int, str]] = {}
+_last: tuple[Encoding | None, dict[int, str]] = (None, {})
 
 
 def escape(text: str, enc: Encoding) -> str:
     """Plain text -> ER7 text safe inside any element."""
+    global _last
+    # Building a message escapes many values with one Encoding: the identity check spares
+    # hashing the dataclass each time.
+    last_enc, table = _last
+    if last_enc is not enc:
+        table = _table(enc)
+        _last = (enc, table)
+    return text.translate(table)
+
+
+def _table(enc: Encoding) -> dict[int, str]:
     table = _ESCAPE_TABLES.get(enc)
     if table is None:
         e = enc.escape
@@ -47,7 +59,7 @@ def escape(text: str, enc: Encoding) -> str:
         if enc.truncation:
             table[ord(enc.truncation)] = f"{e}P{e}"
         _ESCAPE_TABLES[enc] = table
-    return text.translate(table)
+    return table
 
 
 def _decode_sequence(seq: str, enc: Encoding) -> str | None:

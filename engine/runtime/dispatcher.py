@@ -17,6 +17,7 @@ from engine.config.model import DestinationConfig
 from engine.destinations.base import Destination, Outcome
 from engine.runtime.clock import Clock
 from engine.runtime.lanes import DestinationRunner, Queued
+from engine.runtime.sync_failed import SyncFailedEvents
 from engine.store.base import Delivery, NewDelivery, Store
 
 log = logging.getLogger("engine.dispatcher")
@@ -34,13 +35,16 @@ class Dispatcher:
         clock: Clock,
         factory: DestinationFactory,
         poll_interval: float = 1.0,
+        failure_events: SyncFailedEvents | None = None,
     ) -> None:
         self._store = store
+        self._failure_events = failure_events
+        self._announcing: set[asyncio.Task[int]] = set()
         self._clock = clock
         self._poll_interval = poll_interval
         self._waiters: dict[int, asyncio.Future[Outcome]] = {}
         self.runners: dict[str, DestinationRunner] = {
-            d.name: DestinationRunner(d, factory(d), store, clock, self._final)
+            d.name: DestinationRunner(d, factory(d), store, clock, self._final, self._failed)
             for d in destinations
         }
         self._poller: asyncio.Task[None] | None = None
@@ -109,6 +113,16 @@ class Dispatcher:
         if future is not None and not future.done():
             future.set_result(outcome)
 
+    def _failed(self, destination: str, item: Queued, reason: str) -> None:
+        events = self._failure_events
+        if events is None or not events.wanted(destination):
+            return
+        task = asyncio.get_running_loop().create_task(
+            events.announce(item.message_id, destination, reason, self.enqueue)
+        )
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self._poll_interval)
@@ -118,6 +132,8 @@ class Dispatcher:
                 log.warning("claiming queued deliveries failed: %s", type(exc).__name__)
 
     async def stop(self) -> None:
+        if self._announcing:  # events being queued are stored before the lanes stop
+            await asyncio.gather(*self._announcing, return_exceptions=True)
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)

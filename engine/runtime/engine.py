@@ -13,16 +13,20 @@ import logging
 import signal
 from collections.abc import Callable
 
+from engine import __version__
 from engine.config.model import DestinationConfig, EngineConfig
 from engine.destinations import build as build_destination
 from engine.destinations.base import Destination
+from engine.listeners.http import HttpListener
 from engine.listeners.mllp import MllpListener
 from engine.pipeline.channel import CompiledChannel, compile_channels
 from engine.pipeline.steps.base import CompileContext
 from engine.runtime.clock import Clock, SystemClock
 from engine.runtime.dispatcher import Dispatcher
+from engine.runtime.fhir_intake import FhirIntake
 from engine.runtime.instance_lock import InstanceLock
 from engine.runtime.intake import Intake
+from engine.runtime.sync_failed import SyncFailedEvents
 from engine.store import open_store
 from engine.store.base import Store
 
@@ -30,7 +34,7 @@ log = logging.getLogger("engine")
 
 
 def compile_config(config: EngineConfig) -> dict[str, CompiledChannel]:
-    return compile_channels(config.channels, CompileContext(config.tables, config.transforms_dir))
+    return compile_channels(config.channels, CompileContext.of(config))
 
 
 class Engine:
@@ -49,11 +53,29 @@ class Engine:
         self.channels = compile_config(config)
         destinations = [d for c in config.channels.values() for d in c.destinations]
         self.dispatcher = Dispatcher(
-            destinations, self.store, self.clock, destination_factory, poll_interval
+            destinations,
+            self.store,
+            self.clock,
+            destination_factory,
+            poll_interval,
+            SyncFailedEvents(config, self.store, self.clock),
         )
         self.intake = Intake(config, self.channels, self.store, self.dispatcher, self.clock)
-        self.listeners = {
-            name: MllpListener(cfg, self.intake) for name, cfg in config.listeners.items()
+        # One gate for both intakes: an SIU and a FHIR version of one appointment serialise.
+        self.fhir_intake = FhirIntake(
+            config,
+            self.channels,
+            self.store,
+            self.dispatcher,
+            self.clock,
+            self.intake.gate,
+            self.intake.control_ids,
+        )
+        self.listeners: dict[str, MllpListener | HttpListener] = {
+            name: MllpListener(cfg, self.intake)
+            if cfg.mllp is not None
+            else HttpListener(cfg, self.fhir_intake, __version__)
+            for name, cfg in config.listeners.items()
         }
         self._stopped = asyncio.Event()
         self._lock = InstanceLock.for_store(config.store)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import zoneinfo
+from collections.abc import Coroutine, Iterator
 from datetime import UTC, datetime
 
 from engine.config.model import EngineConfig, ListenerConfig
@@ -25,6 +27,7 @@ from engine.destinations.base import Outcome, Reject, Sent
 from engine.pipeline.channel import ChannelOutcome, CompiledChannel
 from engine.protocol.ack import AckError, build_ack
 from engine.protocol.er7 import Header, parse_path
+from engine.runtime.appointments import AppointmentGate, Judged, key_of
 from engine.runtime.clock import Clock
 from engine.runtime.dispatcher import Dispatcher
 from engine.runtime.processing import (
@@ -33,12 +36,12 @@ from engine.runtime.processing import (
     decode,
     new_deliveries,
     route,
-    run_channels,
 )
 from engine.store.base import (
     DuplicateHit,
     Ingest,
     MessageKeys,
+    MessageStatus,
     NewChannelResult,
     NewMessage,
     Store,
@@ -46,8 +49,40 @@ from engine.store.base import (
 
 log = logging.getLogger("engine.intake")
 
-CONTENT_TYPE = "application/hl7-v2"
 APPLICATION_ERROR = 207
+
+
+def new_message(
+    listener: str,
+    data: bytes,
+    decoded: Decoded,
+    now: float,
+    status: MessageStatus,
+    ack_code: str,
+    ack: bytes,
+    error: str = "",
+    duplicate_of: int | None = None,
+) -> NewMessage:
+    """The stored row of a received message (keys only when it could be read)."""
+    readable = decoded.header is not None or decoded.resource is not None
+    return NewMessage(
+        received_at=now,
+        listener=listener,
+        content_type=decoded.content_type,
+        charset=decoded.codec,
+        raw=data,
+        keys=decoded.keys if readable else MessageKeys(),
+        status=status,
+        ack_code=ack_code,
+        ack=ack,
+        error=error,
+        duplicate_of=duplicate_of,
+    )
+
+
+def id_sequence(prefix: str, clock: Clock) -> Iterator[str]:
+    start = int(clock.now())
+    return (f"{prefix}{start:x}{n:06d}" for n in itertools.count(1))
 
 
 def error_location(field: str) -> str:
@@ -87,8 +122,12 @@ class Intake:
         self._store = store
         self._dispatcher = dispatcher
         self._clock = clock
-        # ACK control ids: unique across restarts (start time) and within a run (counter).
-        self._ack_ids = (f"A{int(clock.now()):x}{n:06d}" for n in itertools.count(1))
+        self._tz = zoneinfo.ZoneInfo(config.timezone)
+        self.gate = AppointmentGate(store)
+        # Control ids of ACKs and of converted messages: unique across restarts (start time)
+        # and within a run (counter).
+        self._ack_ids = id_sequence("A", clock)
+        self.control_ids = id_sequence("E", clock)
 
     def _ack(
         self,
@@ -105,7 +144,7 @@ class Intake:
     async def receive(self, listener: ListenerConfig, data: bytes) -> bytes:
         """Process one framed message; returns the encoded ACK, sent only after the commit."""
         now = self._clock.now()
-        decoded = decode(data)
+        decoded = decode(data, self._tz)
         if decoded.rejection is not None:
             return await self._reject(listener, data, decoded, decoded.rejection, now)
         accepted = route(decoded, self.config.routes.get(listener.name, ()), self.channels)
@@ -126,8 +165,18 @@ class Intake:
                 if not accepted:
                     await self._record_duplicate(listener, data, decoded, now, hit)
                     return hit.ack
-        outcomes = run_channels(decoded, accepted)
-        return await self._commit(listener, data, decoded, outcomes, now)
+        # One version of an appointment at a time, from the state read to its commit.
+        async with self.gate.hold(key_of(decoded)):
+            try:
+                judged, outcomes = await self.gate.process(
+                    decoded, accepted, now=now, control_id=next(self.control_ids)
+                )
+            except Exception as exc:  # the state could not be read: nothing is stored
+                return self._not_stored(listener, decoded, exc)
+            committed = await self._commit(listener, data, decoded, outcomes, now, judged)
+        if isinstance(committed, bytes):
+            return committed
+        return await committed
 
     async def _commit(
         self,
@@ -136,7 +185,10 @@ class Intake:
         decoded: Decoded,
         outcomes: list[ChannelOutcome],
         now: float,
-    ) -> bytes:
+        judged: Judged | None,
+    ) -> bytes | Coroutine[None, None, bytes]:
+        """Store and queue; the ACK, or (`delivered` policy) the wait for the destinations'
+        verdict, which the caller awaits after letting go of the appointment."""
         failed = [o for o in outcomes if o.status == "error"]
         errors = [
             AckError(o.error_code, f"channel {o.channel}: {o.error}", error_location(o.error_field))
@@ -151,21 +203,30 @@ class Intake:
         try:
             ingested = await self._store.ingest(
                 Ingest(
-                    self._new_message(
-                        listener, data, decoded, now, "error" if failed else "processed", code, ack
+                    new_message(
+                        listener.name,
+                        data,
+                        decoded,
+                        now,
+                        "error" if failed else "processed",
+                        code,
+                        ack,
                     ),
                     tuple(stored_result(o) for o in outcomes),
                     deliveries,
+                    appointment=judged.version() if judged else None,
                 )
             )
         except Exception as exc:
             return self._not_stored(listener, decoded, exc)
+        if judged is not None:
+            judged.alert(ingested.message_id)
         waits: list[asyncio.Future[Outcome]] = []
         if listener.ack == "delivered" and deliveries:
             waits = [self._dispatcher.watch(i) for i in ingested.delivery_ids]
         self._dispatcher.enqueue(ingested.message_id, ingested.delivery_ids, deliveries)
         if waits and code == "AA":
-            return await self._relay(
+            return self._relay(
                 listener, decoded, ingested.message_id, ingested.delivery_ids, waits
             )
         return ack
@@ -184,8 +245,8 @@ class Intake:
         try:
             await self._store.ingest(
                 Ingest(
-                    self._new_message(
-                        listener,
+                    new_message(
+                        listener.name,
                         data,
                         decoded,
                         now,
@@ -265,8 +326,15 @@ class Intake:
         try:
             await self._store.ingest(
                 Ingest(
-                    self._new_message(
-                        listener, data, decoded, now, "rejected", "AR", ack, error=rejection.text
+                    new_message(
+                        listener.name,
+                        data,
+                        decoded,
+                        now,
+                        "rejected",
+                        "AR",
+                        ack,
+                        error=rejection.text,
                     )
                 )
             )
@@ -278,34 +346,8 @@ class Intake:
     async def reject_oversized(self, listener: ListenerConfig, head: bytes, size: int) -> bytes:
         """An over-limit frame: AR (echoing MSH-10 when the head has it); the head is stored."""
         decoded = decode(head)
-        limit = listener.mllp.max_message_bytes
+        limit = listener.mllp.max_message_bytes if listener.mllp else size
         rejection = Rejection(
             APPLICATION_ERROR, "", f"message of {size} bytes exceeds the {limit}-byte limit"
         )
         return await self._reject(listener, head, decoded, rejection, self._clock.now())
-
-    def _new_message(
-        self,
-        listener: ListenerConfig,
-        data: bytes,
-        decoded: Decoded,
-        now: float,
-        status: str,
-        ack_code: str,
-        ack: bytes,
-        error: str = "",
-        duplicate_of: int | None = None,
-    ) -> NewMessage:
-        return NewMessage(
-            received_at=now,
-            listener=listener.name,
-            content_type=CONTENT_TYPE,
-            charset=decoded.codec,
-            raw=data,
-            keys=decoded.keys if decoded.header is not None else MessageKeys(),
-            status=status,  # type: ignore[arg-type]
-            ack_code=ack_code,
-            ack=ack,
-            error=error,
-            duplicate_of=duplicate_of,
-        )

@@ -43,6 +43,8 @@ class Queued:
 
 
 FinalCallback = Callable[[int, Outcome], None]
+# (destination name, the delivery, why: "rejected" or "retries_exhausted")
+FailedCallback = Callable[[str, Queued, str], None]
 
 RECORD_TRIES = 8  # about 12 s of retries (0.1 s doubling, capped at 5 s)
 STOP_GRACE = 10.0  # seconds a send in flight may take to finish when the engine stops
@@ -56,6 +58,7 @@ class DestinationRunner:
         store: Store,
         clock: Clock,
         on_final: FinalCallback | None = None,
+        on_failed: FailedCallback | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -63,6 +66,7 @@ class DestinationRunner:
         self._store = store
         self._clock = clock
         self._on_final = on_final
+        self._on_failed = on_failed
         self._lanes: dict[str, deque[Queued]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(max(1, destination.concurrency))
@@ -150,6 +154,9 @@ class DestinationRunner:
             record("failed")
             self._alert(item, why)
             self._final(item, outcome)
+            if self._on_failed is not None:
+                reason = "rejected" if isinstance(outcome, Reject) else "retries_exhausted"
+                self._on_failed(self.name, item, reason)
             return True
         wait = delay(self.config.retry, item.failures)
         if outcome.after is not None:

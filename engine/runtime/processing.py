@@ -11,8 +11,14 @@ which HL7 error code (table 0357) and location (ERR-2) apply; its text never quo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
+from typing import Any
 
+from engine.appointments import canonical
+from engine.appointments.state import actor_id, actor_type, booking_identifier
 from engine.pipeline.channel import ChannelOutcome, CompiledChannel
+from engine.pipeline.context import RunContext
+from engine.pipeline.documents import FHIR_JSON, HL7_V2
 from engine.protocol.charset import decode_message
 from engine.protocol.er7 import Er7Error, Header, Message
 from engine.store.base import MessageKeys, NewDelivery
@@ -20,6 +26,8 @@ from engine.store.base import MessageKeys, NewDelivery
 REQUIRED_FIELD_MISSING = 101
 UNSUPPORTED_MESSAGE_TYPE = 200
 UNSUPPORTED_EVENT = 201
+# SIU triggers that change or end an appointment: sent for one the engine should know.
+_UPDATES = frozenset({"S13", "S14", "S15", "S16", "S17", "S26"})
 
 
 @dataclass(frozen=True)
@@ -38,19 +46,73 @@ class Decoded:
     rejection: Rejection | None = None
     # Parsed once here for the keys; each channel works on a copy (cheaper than a parse).
     message: Message | None = None
+    # A FHIR request's validated resource (then `message` is None and `header` too).
+    resource: dict[str, Any] | None = None
+    # The appointment the message carries, in canonical form (engine.appointments.canonical).
+    appointment: dict[str, Any] | None = None
+    source_time: float | None = None  # MSH-7 / meta.lastUpdated, when given
+    expects_existing: bool = False  # an update or cancel: the appointment should be known
+    content_type: str = HL7_V2
 
     @property
     def message_type(self) -> str:
         return self.keys.message_type
 
     @property
-    def source(self) -> str | Message:
-        """What channels run on: the parsed message when there is one, else the text."""
+    def source(self) -> str | Message | dict[str, Any]:
+        """What channels run on: the resource or parsed message, else the text."""
+        if self.resource is not None:
+            return self.resource
         return self.message if self.message is not None else self.text
 
 
-def decode(data: bytes) -> Decoded:
-    """Decode per MSH-18 and read the header and index keys; never raises on bad input."""
+def decode_fhir(
+    resource: dict[str, Any], raw: bytes, *, sender: str = "", update: bool = False
+) -> Decoded:
+    """A validated FHIR Appointment as intake's input; `update`: it came by PUT."""
+    keys = MessageKeys(
+        sender=sender,
+        message_type=str(resource.get("resourceType", "")),
+        patient_ids=_patient_ids(resource),
+        appointment_ids=_appointment_ids(resource),
+    )
+    return Decoded(
+        None,
+        raw.decode("utf-8", errors="replace"),
+        "utf-8",
+        keys,
+        resource=resource,
+        appointment=canonical.from_fhir(resource),
+        source_time=canonical.fhir_source_time(resource),
+        expects_existing=update,
+        content_type=FHIR_JSON,
+    )
+
+
+def _appointment_ids(resource: dict[str, Any]) -> tuple[str, ...]:
+    """Search keys: every identifier value, the booking identifier's first."""
+    identifiers = resource.get("identifier")
+    listed = identifiers if isinstance(identifiers, list) else []
+    booking = booking_identifier(listed)
+    values = [booking["value"]] if booking else []
+    values += [i.get("value") for i in listed if isinstance(i, dict)]
+    return tuple(dict.fromkeys(v for v in values if isinstance(v, str) and v))
+
+
+def _patient_ids(resource: dict[str, Any]) -> tuple[str, ...]:
+    """Search keys: the patients' identifier values (or reference ids), like PID-3.1."""
+    found = []
+    for participant in resource.get("participant") or ():
+        actor = participant.get("actor") if isinstance(participant, dict) else None
+        ident = actor_id(actor) if actor_type(actor) == "Patient" else None
+        if ident is not None:
+            found.append(ident.rsplit("|", 1)[-1].rsplit("/", 1)[-1])
+    return tuple(dict.fromkeys(found))
+
+
+def decode(data: bytes, tz: tzinfo = UTC) -> Decoded:
+    """Decode per MSH-18 and read the header and index keys; never raises on bad input.
+    `tz` is the zone of HL7 times without an offset (the appointment's canonical form)."""
     try:
         header, text, codec = decode_message(data)
     except Er7Error as exc:  # CharsetError included: 103, MSH-18 names no known charset
@@ -87,7 +149,16 @@ def decode(data: bytes) -> Decoded:
         keys = _with_ids(keys, message)
     except Er7Error as exc:
         return Decoded(header, text, codec, keys, Rejection(exc.code, exc.location, str(exc)))
-    return Decoded(header, text, codec, keys, message=message)
+    return Decoded(
+        header,
+        text,
+        codec,
+        keys,
+        message=message,
+        appointment=canonical.from_siu(message, tz),
+        source_time=canonical.siu_source_time(message, tz),
+        expects_existing=header.message_type == "SIU" and header.trigger in _UPDATES,
+    )
 
 
 def _with_ids(keys: MessageKeys, message: Message) -> MessageKeys:
@@ -125,9 +196,14 @@ def route(
 
 
 def run_channels(
-    decoded: Decoded, channels: list[CompiledChannel], only: str | None = None
+    decoded: Decoded,
+    channels: list[CompiledChannel],
+    only: str | None = None,
+    context: RunContext | None = None,
 ) -> list[ChannelOutcome]:
-    return [c.run(decoded.source, decoded.codec, only) for c in channels]
+    """Each channel's outcome, in order; `context` is what the runs know beyond the message
+    (time, control id for converted messages, appointment state)."""
+    return [c.run(decoded.source, decoded.codec, only, context) for c in channels]
 
 
 def new_deliveries(outcomes: list[ChannelOutcome], now: float) -> tuple[NewDelivery, ...]:

@@ -1,7 +1,12 @@
 """Replay: run stored messages through today's channels again and queue what comes out.
 
 A replay is a new message row linked to its original (`replay_of`), with its own channel
-results and deliveries, so the original's story is never rewritten. Its deliveries are
+results and deliveries, so the original's story is never rewritten. The appointment it
+carries is judged again against today's state, like a message arriving now: a replay of the
+current version is `unchanged` (conversions send the same state again, no event is raised),
+a replay of an older one is `stale` (conversions send nothing, so a replay never undoes newer
+state downstream). A FHIR request that named no time of its own keeps its original arrival
+time as the time it speaks for. Its deliveries are
 left for the running engine to claim (it picks them up within its poll interval, or at its
 next start). `to` limits a replay to one destination; a dry run computes the same plan and
 writes nothing. Duplicates are never replayed (their original is the one to replay).
@@ -9,21 +14,27 @@ writes nothing. Duplicates are never replayed (their original is the one to repl
 
 from __future__ import annotations
 
+import zoneinfo
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engine.config.model import EngineConfig
+from engine.fhir.outcome import Invalid
+from engine.fhir.validation import parse_appointment
 from engine.pipeline.channel import ChannelOutcome, CompiledChannel
+from engine.pipeline.documents import FHIR_JSON
+from engine.runtime.appointments import AppointmentGate, Judged, key_of
 from engine.runtime.clock import Clock
-from engine.runtime.intake import CONTENT_TYPE, stored_result
-from engine.runtime.processing import Rejection, decode, new_deliveries, route, run_channels
-from engine.store.base import (
-    Ingest,
-    MessageKeys,
-    MessageStatus,
-    NewMessage,
-    Store,
+from engine.runtime.intake import id_sequence, new_message, stored_result
+from engine.runtime.processing import (
+    Decoded,
+    Rejection,
+    decode,
+    decode_fhir,
+    new_deliveries,
+    route,
 )
+from engine.store.base import Ingest, MessageDetail, MessageStatus, Store
 
 
 @dataclass
@@ -55,6 +66,9 @@ class Replayer:
         self._channels = channels
         self._store = store
         self._clock = clock
+        self._tz = zoneinfo.ZoneInfo(config.timezone)
+        self._gate = AppointmentGate(store)
+        self._control_ids = id_sequence("R", clock)
 
     def _destination_channels(self, destination: str) -> set[str]:
         return {
@@ -90,47 +104,63 @@ class Replayer:
         if detail.message.status == "duplicate":
             plan.rejection = f"a duplicate of message {detail.message.duplicate_of}; not replayed"
             return plan
-        listener = detail.message.listener
-        decoded = decode(detail.raw)
+        decoded = self._decode(detail)
+        async with self._gate.hold(key_of(decoded)):
+            judged = await self._run(plan, detail, decoded, to)
+            if dry_run:
+                return plan
+            now = self._clock.now()
+            failed = any(o.status == "error" for o in plan.outcomes)
+            status: MessageStatus = (
+                "rejected" if plan.rejection else "error" if failed else "processed"
+            )
+            row = new_message(
+                detail.message.listener, detail.raw, decoded, now, status, "", b"", plan.rejection
+            )
+            ingested = await self._store.ingest(
+                Ingest(
+                    replace(row, replay_of=message_id),
+                    tuple(stored_result(o) for o in plan.outcomes),
+                    new_deliveries(plan.outcomes, now),
+                    claimed=False,
+                    appointment=judged.version() if judged else None,
+                )
+            )
+        plan.replay_id = ingested.message_id
+        return plan
+
+    def _decode(self, detail: MessageDetail) -> Decoded:
+        if detail.message.content_type != FHIR_JSON:
+            return decode(detail.raw, self._tz)
+        try:
+            resource = parse_appointment(detail.raw, max_bytes=len(detail.raw))
+        except Invalid as invalid:
+            rejected = decode_fhir({}, detail.raw)
+            text = str(invalid)
+            return replace(rejected, appointment=None, rejection=Rejection(0, "", text))
+        return decode_fhir(resource, detail.raw, sender=detail.message.keys.sender)
+
+    async def _run(
+        self, plan: ReplayPlan, detail: MessageDetail, decoded: Decoded, to: str | None
+    ) -> Judged | None:
         accepted: list[CompiledChannel] | Rejection
         if decoded.rejection is not None:
             accepted = decoded.rejection
         else:
-            accepted = route(decoded, self._config.routes.get(listener, ()), self._channels)
+            routes = self._config.routes.get(detail.message.listener, ())
+            accepted = route(decoded, routes, self._channels)
         if isinstance(accepted, Rejection):
             plan.rejection = accepted.text
-        else:
-            if to is not None:
-                wanted = self._destination_channels(to)
-                accepted = [c for c in accepted if c.name in wanted]
-            plan.outcomes = run_channels(decoded, accepted, only=to)
-        if dry_run:
-            return plan
-        now = self._clock.now()
-        failed = any(o.status == "error" for o in plan.outcomes)
-        status: MessageStatus = (
-            "rejected" if plan.rejection else "error" if failed else "processed"
+            return None
+        if to is not None:
+            wanted = self._destination_channels(to)
+            accepted = [c for c in accepted if c.name in wanted]
+        judged, plan.outcomes = await self._gate.process(
+            decoded,
+            accepted,
+            now=self._clock.now(),
+            control_id=next(self._control_ids),
+            source_time=detail.message.received_at,
+            only=to,
         )
-        deliveries = new_deliveries(plan.outcomes, now)
-        ingested = await self._store.ingest(
-            Ingest(
-                NewMessage(
-                    received_at=now,
-                    listener=listener,
-                    content_type=detail.message.content_type or CONTENT_TYPE,
-                    charset=decoded.codec,
-                    raw=detail.raw,
-                    keys=decoded.keys if decoded.header is not None else MessageKeys(),
-                    status=status,
-                    ack_code="",
-                    ack=b"",
-                    error=plan.rejection,
-                    replay_of=message_id,
-                ),
-                tuple(stored_result(o) for o in plan.outcomes),
-                deliveries,
-                claimed=False,
-            )
-        )
-        plan.replay_id = ingested.message_id
-        return plan
+        return judged

@@ -7,7 +7,10 @@ same protocol and pass the same tests. Rules every implementation keeps:
   deliveries are committed in one transaction); callers acknowledge only after it returns.
 - Writes from many connections share commits (group commit); a caller never waits for more
   than the commit that carries its own rows.
-- Times are unix seconds (float, UTC). Ids are integers assigned by the store.
+- Times are unix seconds (float, UTC). Ids are integers assigned by the store, except an
+  appointment's id: a FHIR id string, kept for the appointment's life.
+- An appointment's versions are numbered by the store inside the transaction that records
+  them, from what it holds then: two writers never hand out one number twice.
 """
 
 from __future__ import annotations
@@ -69,11 +72,57 @@ class NewDelivery:
     next_attempt_at: float
 
 
+AppointmentDisposition = Literal["current", "unchanged", "stale", "rejected"]
+
+
+@dataclass(frozen=True)
+class AppointmentWarning:
+    """Something that looked wrong about a version (see `engine.appointments.state`)."""
+
+    kind: str  # unknown-appointment | update-after-cancel | out-of-order | double-booking
+    text: str  # appointment keys and actor ids only, never names
+    related: tuple[str, ...] = ()  # keys of the other appointments involved
+
+
+@dataclass(frozen=True)
+class NewAppointmentVersion:
+    """The appointment version a message carries, recorded with the message.
+
+    `disposition` says what it does to the appointment: `current` makes it the new current
+    version (the store numbers it: current version + 1, or 1 and a new id when the key is
+    new); `unchanged` (same content as the current one), `stale` (older than the current
+    one) and `rejected` (refused under `conflicts: reject`) are history only.
+
+    A current version replaces the actors the appointment holds; it holds them over
+    [start, end) only when both are set and end > start. `ingest` raises ValueError, and
+    stores nothing, for a version the store cannot keep (a field of the wrong type, a
+    non-finite time, an unknown disposition, a `new_id` that is not a FHIR id or already
+    belongs to another appointment).
+    """
+
+    key: str  # "system|value" of the booking identifier (engine.appointments.appointment_key)
+    resource: bytes  # the canonical FHIR R4B Appointment JSON (UTF-8), without id and meta
+    status: str  # the resource's status code
+    # created | updated | rescheduled | cancelled | no_show | entered-in-error | unchanged
+    change: str
+    disposition: AppointmentDisposition
+    source_time: float | None  # when the sender says it happened (MSH-7, meta.lastUpdated)
+    start: float | None = None  # [start, end) in unix seconds, for double-booking lookups
+    end: float | None = None
+    actors: tuple[str, ...] = ()  # schedulable actors held (engine.appointments.actors)
+    warnings: tuple[AppointmentWarning, ...] = ()
+    # The id to give the appointment when this version creates it (a current version of an
+    # unknown key; ignored otherwise: an appointment keeps its id for life). None: the store
+    # makes one (16 random hex digits).
+    new_id: str | None = None
+
+
 @dataclass(frozen=True)
 class Ingest:
     message: NewMessage
     results: tuple[NewChannelResult, ...] = ()
     deliveries: tuple[NewDelivery, ...] = ()
+    appointment: NewAppointmentVersion | None = None
     # True: this process sends the deliveries itself (born claimed). False: another process
     # (`engine replay` from the CLI) leaves them for the running engine to claim.
     claimed: bool = True
@@ -83,6 +132,43 @@ class Ingest:
 class Ingested:
     message_id: int
     delivery_ids: tuple[int, ...]  # same order as Ingest.deliveries
+    # The appointment's id and current version after this ingest: for a non-current version
+    # of a known appointment its existing id and version; None for both when the message
+    # carries no appointment, or a non-current version of one the store does not know.
+    appointment_id: str | None = None
+    appointment_version: int | None = None
+
+
+@dataclass(frozen=True)
+class AppointmentRow:
+    """The current version of one appointment."""
+
+    key: str
+    id: str  # the engine's FHIR id for it (GET /fhir/Appointment/{id})
+    version: int  # 1, 2, ... counting current versions only
+    resource: bytes  # canonical JSON of the current version
+    status: str
+    source_time: float | None
+    start: float | None
+    end: float | None
+    updated_at: float  # when the current version was recorded
+    message_id: int  # the message that made it current
+
+
+@dataclass(frozen=True)
+class AppointmentVersionRow:
+    """One recorded version of an appointment (its history, every disposition)."""
+
+    key: str
+    message_id: int
+    recorded_at: float
+    version: int | None  # the version number when disposition is current, else None
+    disposition: AppointmentDisposition
+    change: str
+    status: str
+    source_time: float | None
+    resource: bytes
+    warnings: tuple[AppointmentWarning, ...]
 
 
 @dataclass(frozen=True)
@@ -163,6 +249,7 @@ class MessageDetail:
     deliveries: tuple[Delivery, ...]
     attempts: tuple[Attempt, ...]
     replays: tuple[int, ...]  # ids of messages that replay this one
+    appointment: AppointmentVersionRow | None = None  # the version this message carried
 
 
 @dataclass(frozen=True)
@@ -177,6 +264,9 @@ class MessageFilter:
     patient_id: str | None = None
     appointment_id: str | None = None
     message_type: str | None = None
+    # True: only messages whose recorded appointment version has warnings (a conflict was
+    # flagged or rejected); False: only the others, messages without an appointment included.
+    flagged: bool | None = None
     limit: int = 100
     before_id: int | None = None  # paging: only ids below this (newest first)
 
@@ -198,6 +288,37 @@ class Store(Protocol):
 
     async def ingest(self, item: Ingest) -> Ingested:
         """Commit a message with its channel results and queued deliveries, all or nothing."""
+
+    async def ingest_all(self, items: list[Ingest]) -> list[Ingested]:
+        """Commit several messages in one transaction, all or nothing (a FHIR transaction
+        Bundle). Appointment versions of one key are applied in list order. Results are in
+        list order; when one item fails, the call raises its error and none is stored (other
+        callers' writes sharing the commit are unaffected). An empty list writes nothing."""
+
+    async def add_deliveries(
+        self, message_id: int, deliveries: tuple[NewDelivery, ...], claimed: bool = True
+    ) -> tuple[int, ...]:
+        """Queue more deliveries for a stored message (an appointment.sync_failed event), as
+        `ingest` queues them: `claimed` True = held by this process, False = left for a runner
+        to claim. Returns their ids in order; LookupError when the message does not exist."""
+
+    async def appointment(self, key: str) -> AppointmentRow | None:
+        """The current version of the appointment with this key."""
+
+    async def appointment_by_id(self, appointment_id: str) -> AppointmentRow | None:
+        """The current version of the appointment with this engine id."""
+
+    async def overlapping(
+        self, actors: tuple[str, ...], start: float, end: float
+    ) -> list[AppointmentRow]:
+        """Current versions of appointments holding one of `actors` over a time that
+        overlaps [start, end) (half-open: touching intervals do not overlap), each once, by
+        start then key; whatever their status (the caller judges which still count). An
+        empty interval (end <= start) overlaps nothing."""
+
+    async def appointment_history(self, key: str) -> list[AppointmentVersionRow]:
+        """Every recorded version of the appointment, whatever its disposition, in the order
+        the store recorded them (oldest first)."""
 
     async def find_duplicate(
         self, sender: str, control_id: str, since: float

@@ -7,7 +7,8 @@ once per message, is one indexed SELECT on a read connection of the event-loop t
 look at ingests still queued; searches and detail reads run on a small thread pool with a
 connection per thread, so a large table never stalls the loop.
 
-Schema: `sqlite_schema`; write operations: `sqlite_writes`; reads: `sqlite_queries`.
+Schema: `sqlite_schema`; write operations: `sqlite_writes`; reads: `sqlite_queries`;
+appointment state (numbering, history, the overlap lookup): `sqlite_appointments`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from engine.store import sqlite_appointments as appointments
 from engine.store import sqlite_queries as queries
 from engine.store import sqlite_writes as writes
 from engine.store.base import (
+    AppointmentRow,
+    AppointmentVersionRow,
     Attempt,
     Delivery,
     DuplicateHit,
@@ -35,6 +39,8 @@ from engine.store.base import (
     MessageDetail,
     MessageFilter,
     MessageRow,
+    NewDelivery,
+    NewMessage,
     StoreStats,
 )
 from engine.store.sqlite_schema import MIGRATIONS, Migration, connect, prepare
@@ -157,15 +163,9 @@ class SqliteStore:
 
     async def ingest(self, item: Ingest) -> Ingested:
         writer = self.writer
-        m = item.message
-        pending: _PendingIngest | None = None
-        # Only a message the sender was told is accepted (AA) is an original: one answered
-        # AE or AR is processed again when resent with the same MSH-10 (after the sender or
-        # an analyst fixed the cause); duplicates and replays never match.
-        if m.ack_code == "AA" and m.status in ("processed", "error") and m.replay_of is None:
-            key = (m.keys.sender, m.keys.control_id)
-            pending = _PendingIngest(key, m.received_at)
-            self._pending.setdefault(key, []).append(pending)
+        if item.appointment is not None:
+            appointments.check(item.appointment)
+        pending = self._register(item.message)
         try:
             future = writer.submit(writes.ingest, (item, self._clock()), pending)
         except BaseException:
@@ -174,9 +174,41 @@ class SqliteStore:
             raise
         return await future
 
+    async def ingest_all(self, items: list[Ingest]) -> list[Ingested]:
+        writer = self.writer
+        items = list(items)
+        if not items:
+            return []
+        for item in items:
+            if item.appointment is not None:
+                appointments.check(item.appointment)
+        pending = tuple(p for p in map(self._register, (i.message for i in items)) if p)
+        try:
+            future = writer.submit(writes.ingest_all, (items, self._clock()), pending or None)
+        except BaseException:
+            self._ingest_settled(pending, False, None)
+            raise
+        return await future
+
+    def _register(self, m: NewMessage) -> _PendingIngest | None:
+        # Only a message the sender was told is accepted (AA) is an original: one answered
+        # AE or AR is processed again when resent with the same MSH-10 (after the sender or
+        # an analyst fixed the cause); duplicates and replays never match.
+        if m.ack_code != "AA" or m.status not in ("processed", "error") or m.replay_of is not None:
+            return None
+        key = (m.keys.sender, m.keys.control_id)
+        pending = _PendingIngest(key, m.received_at)
+        self._pending.setdefault(key, []).append(pending)
+        return pending
+
     def _ingest_settled(self, tag: object, ok: bool, value: Any) -> None:
         # Runs on the loop right after the commit, before any waiting task resumes, so the
-        # row is visible to the read connection by the time the entry disappears.
+        # row is visible to the read connection by the time the entry disappears. An
+        # `ingest_all` op carries a tuple: its messages settle together.
+        if isinstance(tag, tuple):
+            for one in tag:
+                self._ingest_settled(one, ok, value)
+            return
         assert isinstance(tag, _PendingIngest)
         tag.settled = True
         entries = self._pending.get(tag.key)
@@ -198,9 +230,15 @@ class SqliteStore:
                 waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 entry.waiters.append(waiter)
                 await waiter
-        if self._hot_reader is None:
-            raise RuntimeError("store is not open")
-        return queries.find_duplicate(self._hot_reader, sender, control_id, since)
+        return queries.find_duplicate(self._hot(), sender, control_id, since)
+
+    async def add_deliveries(
+        self, message_id: int, deliveries: tuple[NewDelivery, ...], claimed: bool = True
+    ) -> tuple[int, ...]:
+        if not deliveries:
+            return ()
+        arg = (message_id, tuple(deliveries), claimed, self._clock())
+        return await self.writer.submit(writes.add_deliveries, arg)
 
     async def set_ack(self, message_id: int, ack_code: str, ack: bytes) -> None:
         await self.writer.submit(writes.set_ack, (message_id, ack_code, ack))
@@ -261,3 +299,27 @@ class SqliteStore:
         return await self._read(
             partial(queries.deliveries, destination=destination, status=status, limit=limit)
         )
+
+    # The appointment reads are on every appointment message's path and are single index
+    # lookups (microseconds): like the duplicate check they run on the loop thread, since a
+    # hop to the read pool and back costs more than the query.
+    def _hot(self) -> sqlite3.Connection:
+        if self._hot_reader is None:
+            raise RuntimeError("store is not open")
+        return self._hot_reader
+
+    async def appointment(self, key: str) -> AppointmentRow | None:
+        return appointments.appointment(self._hot(), key=key)
+
+    async def appointment_by_id(self, appointment_id: str) -> AppointmentRow | None:
+        return appointments.appointment_by_id(self._hot(), appointment_id=appointment_id)
+
+    async def overlapping(
+        self, actors: tuple[str, ...], start: float, end: float
+    ) -> list[AppointmentRow]:
+        if not actors or not end > start:
+            return []  # an empty interval overlaps nothing: no need to ask the file
+        return appointments.overlapping(self._hot(), actors=tuple(actors), start=start, end=end)
+
+    async def appointment_history(self, key: str) -> list[AppointmentVersionRow]:
+        return await self._read(partial(appointments.history, key=key))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Final, cast, get_args
 
+from engine.store import sqlite_appointments as appointments
 from engine.store.base import (
     Attempt,
     AttemptOutcome,
@@ -101,6 +102,12 @@ def search(conn: sqlite3.Connection, flt: MessageFilter) -> list[MessageRow]:
     """Newest (highest id) first; `before_id` pages; `until` is exclusive."""
     if flt.limit <= 0:
         return []
+    sql, params = search_sql(flt)
+    return [_message_from_row(r) for r in conn.execute(sql, params).fetchall()]
+
+
+def search_sql(flt: MessageFilter) -> tuple[str, list[object]]:
+    """The statement `search` runs for `flt`, with its parameters."""
     where: list[str] = []
     params: list[object] = []
     if flt.status is not None:
@@ -135,13 +142,15 @@ def search(conn: sqlite3.Connection, flt: MessageFilter) -> list[MessageRow]:
     if flt.message_type is not None:
         where.append("message_type = ?")
         params.append(flt.message_type)
+    if flt.flagged is not None:
+        where.append(f"id {'IN' if flt.flagged else 'NOT IN'} ({appointments.FLAGGED_MESSAGES})")
     if flt.before_id is not None:
         where.append("id < ?")
         params.append(flt.before_id)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages {clause} ORDER BY id DESC LIMIT ?"
     params.append(flt.limit)
-    return [_message_from_row(r) for r in conn.execute(sql, params).fetchall()]
+    return sql, params
 
 
 def get(conn: sqlite3.Connection, message_id: int) -> MessageDetail | None:
@@ -169,6 +178,7 @@ def get(conn: sqlite3.Connection, message_id: int) -> MessageDetail | None:
         replays = conn.execute(
             "SELECT id FROM messages WHERE replay_of = ? ORDER BY id", (message_id,)
         ).fetchall()
+        appointment = appointments.version_of_message(conn, message_id)
     finally:
         conn.execute("COMMIT")
     r = row[0]
@@ -193,6 +203,7 @@ def get(conn: sqlite3.Connection, message_id: int) -> MessageDetail | None:
             for a in attempts
         ),
         replays=tuple(x[0] for x in replays),
+        appointment=appointment,
     )
 
 

@@ -107,7 +107,58 @@ _V1: Migration = (
     "CREATE INDEX attempts_delivery ON attempts(delivery_id)",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1,)
+# Version 2: appointment state. `appointments` holds the current version of each appointment
+# (by booking key; `id` is the engine's FHIR id), `appointment_versions` every version a message
+# carried, whatever its disposition (`version` is set only on the ones that became current, and
+# the partial unique index makes the store refuse to hand out one number twice), and
+# `appointment_actors` who each current version holds over [start, end), for the double-booking
+# lookup. That lookup reads (actor, end, start): for a recent or future interval the rows with
+# end > :start are the few that have not ended yet, however long the history grows. `warnings`
+# is NULL when there are none, so the partial index of flagged versions holds only those.
+_V2: Migration = (
+    """CREATE TABLE appointments (
+        key TEXT PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        version INTEGER NOT NULL,
+        resource BLOB NOT NULL,
+        status TEXT NOT NULL,
+        source_time REAL,
+        start REAL,
+        "end" REAL,
+        updated_at REAL NOT NULL,
+        message_id INTEGER NOT NULL REFERENCES messages(id)
+    )""",
+    """CREATE TABLE appointment_actors (
+        actor TEXT NOT NULL,
+        key TEXT NOT NULL REFERENCES appointments(key),
+        start REAL NOT NULL,
+        "end" REAL NOT NULL,
+        PRIMARY KEY (key, actor)
+    ) WITHOUT ROWID""",
+    'CREATE INDEX appointment_actors_overlap ON appointment_actors(actor, "end", start)',
+    """CREATE TABLE appointment_versions (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        message_id INTEGER NOT NULL REFERENCES messages(id),
+        recorded_at REAL NOT NULL,
+        version INTEGER,
+        disposition TEXT NOT NULL,
+        change TEXT NOT NULL,
+        status TEXT NOT NULL,
+        source_time REAL,
+        resource BLOB NOT NULL,
+        warnings TEXT
+    )""",
+    "CREATE INDEX appointment_versions_key ON appointment_versions(key, id)",
+    # One message carries at most one appointment version (Ingest.appointment).
+    "CREATE UNIQUE INDEX appointment_versions_message ON appointment_versions(message_id)",
+    """CREATE UNIQUE INDEX appointment_versions_current ON appointment_versions(key, version)
+        WHERE version IS NOT NULL""",
+    """CREATE INDEX appointment_versions_flagged ON appointment_versions(message_id)
+        WHERE warnings IS NOT NULL""",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
 
 
 class StoreSchemaError(RuntimeError):

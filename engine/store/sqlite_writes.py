@@ -12,7 +12,15 @@ import json
 import sqlite3
 from typing import Final
 
-from engine.store.base import Attempt, Delivery, Ingest, Ingested
+from engine.store import sqlite_appointments as appointments
+from engine.store.base import (
+    Attempt,
+    Delivery,
+    Ingest,
+    Ingested,
+    NewAppointmentVersion,
+    NewDelivery,
+)
 from engine.store.sqlite_queries import DELIVERY_COLUMNS, delivery_from_row
 
 KEY_SEPARATOR: Final = "\x1f"  # ASCII unit separator: cannot occur in an HL7 or FHIR id
@@ -27,6 +35,8 @@ _INSERT_RESULT: Final = """INSERT INTO channel_results (message_id, channel, sta
 _INSERT_DELIVERY: Final = """INSERT INTO deliveries (id, message_id, channel,
     destination, lane, status, claimed, next_attempt_at, payload, created_at, updated_at)
     VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"""
+_CHANNEL_OUTPUTS: Final = """SELECT channel, output FROM channel_results
+    WHERE message_id = ? AND channel IN (SELECT value FROM json_each(?)) ORDER BY id"""
 _INSERT_ATTEMPT: Final = """INSERT INTO attempts (delivery_id, number, started_at, latency,
     outcome, code, response, error, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 # A delivery discarded while its attempt was in flight stays discarded unless the attempt
@@ -59,10 +69,18 @@ _DISCARD: Final = """UPDATE deliveries SET status = 'discarded', claimed = 0, up
 
 
 def ingest(conn: sqlite3.Connection, arg: tuple[Ingest, float]) -> Ingested:
-    """Message, keys, channel results and deliveries. Deliveries are born claimed when this
-    process sends them itself (`Ingest.claimed`), else left for the running engine to claim.
-    The writer runs these a batch at a time through `ingest_many`."""
+    """Message, keys, channel results, deliveries and the appointment version it carries.
+    Deliveries are born claimed when this process sends them itself (`Ingest.claimed`), else
+    left for the running engine to claim. The writer runs these a batch at a time through
+    `ingest_many`."""
     return ingest_many(conn, [arg])[0]
+
+
+def ingest_all(conn: sqlite3.Connection, arg: tuple[list[Ingest], float]) -> list[Ingested]:
+    """Several ingests as ONE op: the writer runs an ordinary op in its own savepoint, so when
+    any item fails, all of them are rolled back and nothing else of the group commit is."""
+    items, now = arg
+    return ingest_many(conn, [(item, now) for item in items])
 
 
 def _next_id(cur: sqlite3.Cursor, table: str) -> int:
@@ -85,6 +103,8 @@ def ingest_many(conn: sqlite3.Connection, args: list[tuple[Ingest, float]]) -> l
     keys: list[tuple[str, str, int]] = []
     results: list[tuple[object, ...]] = []
     deliveries: list[tuple[object, ...]] = []
+    # (position in out, message id, version, time): applied after the messages exist, in order
+    versions: list[tuple[int, int, NewAppointmentVersion, float]] = []
     out: list[Ingested] = []
     for item, now in args:
         m = item.message
@@ -142,6 +162,9 @@ def ingest_many(conn: sqlite3.Connection, args: list[tuple[Ingest, float]]) -> l
             )
             ids.append(delivery_id)
             delivery_id += 1
+        if item.appointment is not None:
+            # Recorded at the message's arrival: the time intake answers with (Last-Modified).
+            versions.append((len(out), message_id, item.appointment, m.received_at))
         out.append(Ingested(message_id, tuple(ids)))
         message_id += 1
     cur.executemany(_INSERT_MESSAGE, messages)
@@ -151,7 +174,37 @@ def ingest_many(conn: sqlite3.Connection, args: list[tuple[Ingest, float]]) -> l
         cur.executemany(_INSERT_RESULT, results)
     if deliveries:
         cur.executemany(_INSERT_DELIVERY, deliveries)
+    # In list order: a later version of a key is numbered after an earlier one of the batch.
+    for position, version_message, version, now in versions:
+        ident, number = appointments.record(cur, version_message, version, now)
+        out[position] = Ingested(version_message, out[position].delivery_ids, ident, number)
     return out
+
+
+def add_deliveries(
+    conn: sqlite3.Connection, arg: tuple[int, tuple[NewDelivery, ...], bool, float]
+) -> tuple[int, ...]:
+    """More queued deliveries for a stored message, as `ingest` queues them (born claimed
+    when `claimed`; payload stored once when it is its channel's output)."""
+    message_id, new, claimed, now = arg
+    cur = conn.cursor()
+    if cur.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone() is None:
+        raise LookupError(f"message {message_id} does not exist")
+    outputs: dict[str, bytes] = {}
+    channels = json.dumps(sorted({d.channel for d in new}))
+    for channel, output in cur.execute(_CHANNEL_OUTPUTS, (message_id, channels)).fetchall():
+        outputs.setdefault(channel, output)  # the first result, as the read path picks it
+    first = _next_id(cur, "deliveries")
+    rows = []
+    for offset, d in enumerate(new):
+        output = outputs.get(d.channel)
+        payload = None if output is not None and output == d.payload else d.payload
+        rows.append(
+            (first + offset, message_id, d.channel, d.destination, d.lane, int(claimed),
+             d.next_attempt_at, payload, now, now)
+        )
+    cur.executemany(_INSERT_DELIVERY, rows)
+    return tuple(range(first, first + len(new)))
 
 
 def record_attempt_many(conn: sqlite3.Connection, args: list[tuple[Attempt, float]]) -> list[None]:

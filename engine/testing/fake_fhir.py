@@ -4,7 +4,8 @@ fails on demand, for FHIR destination tests and `engine fake-fhir`.
 The rule it keeps: it answers like a real R4 server on the wire (versionId, `ETag: W/"<vid>"`,
 `Location: <base>/Appointment/<id>/_history/<vid>`, OperationOutcome bodies, status codes of
 the FHIR REST conventions) and it never guesses: an ambiguous conditional request is 412, a
-failed transaction stores nothing. Only Appointments are kept, current version only.
+failed transaction stores nothing. Only Appointments are kept, current version only; an
+update that changes nothing keeps the version (no new version for a no-op).
 
 Served under `<url>` = http://host:port/fhir:
 
@@ -99,6 +100,10 @@ def _outcome(code: str, diagnostics: str, severity: str = "error") -> Json:
 
 def _error(status: int, code: str, diagnostics: str) -> _Answer:
     return _Answer(status, _outcome(code, diagnostics))
+
+
+def _content(resource: Json) -> Json:
+    return {k: v for k, v in resource.items() if k not in ("id", "meta")}
 
 
 def matches(resource: Json, token: str) -> bool:
@@ -273,6 +278,10 @@ class FakeFhir(HttpFake):
 
     def _store(self, rid: str, resource: Json) -> _Answer:
         previous = self.resources.get(rid)
+        if previous is not None and _content(previous) == _content(resource):
+            # A no-op update keeps the version, as HAPI and most servers do: what a replay
+            # of the current state must look like downstream.
+            return _Answer(200, previous, self._version_headers(previous))
         version = int(previous["meta"]["versionId"]) + 1 if previous else 1
         now = datetime.now(UTC)
         meta = dict(resource.get("meta") or {})

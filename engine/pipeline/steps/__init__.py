@@ -11,10 +11,19 @@ from types import ModuleType
 
 from engine.config.model import StepSpec
 from engine.config.registry import Plugin
-from engine.pipeline.steps import copy_field, map_table, python_call, remove_fields, set_fields
+from engine.pipeline.steps import (
+    convert,
+    copy_field,
+    map_table,
+    python_call,
+    remove_fields,
+    set_fields,
+)
 from engine.pipeline.steps.base import CompileContext, Step
 
-_MODULES: tuple[ModuleType, ...] = (set_fields, copy_field, map_table, remove_fields, python_call)
+_MODULES: tuple[ModuleType, ...] = (
+    set_fields, copy_field, map_table, remove_fields, convert, python_call
+)
 
 REGISTRY: dict[str, Plugin] = {m.PLUGIN.name: m.PLUGIN for m in _MODULES}
 _COMPILERS: dict[str, Callable[[StepSpec, CompileContext], Step]] = {

@@ -1,5 +1,6 @@
 """What a compiled step is, what compiling one may use, and the rules steps share: how a YAML
-scalar becomes field text, and which field paths a step may write.
+scalar becomes field text, which field paths a step may write, and that HL7 v2 steps work on
+HL7 v2 messages only (`hl7_message`, `EDITS_HL7`).
 
 A path a step writes is checked when the configuration is checked, so a step that could
 never work (writing MSH-2, a whole segment, a second MSH) is a configuration problem rather
@@ -14,17 +15,21 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from engine.config.errors import ConfigProblem
-from engine.config.model import StepSpec, Table
-from engine.config.registry import CheckContext
+from engine.config.model import EngineConfig, StepSpec, Table
+from engine.config.registry import CheckContext, Flow
+from engine.pipeline.context import Document, RunContext
+from engine.pipeline.documents import kind_of
+from engine.pipeline.errors import StepError
 from engine.protocol.er7 import Message, PathError, parse_path
 
 
 class Step(Protocol):
     label: str  # "steps[2] map", used in ERR texts and `engine show`
 
-    def apply(self, message: Message) -> Message:
-        """Return the changed message (usually the same object, changed in place); raise
-        StepError when the step cannot do its work."""
+    def apply(self, doc: Document, run: RunContext) -> Document:
+        """Return the changed document (usually the same object, changed in place); raise
+        StepError when the step cannot do its work, StepFiltered when there is nothing to
+        send. `run` says what the run knows beyond the document (time, appointment state)."""
 
 
 @dataclass
@@ -33,6 +38,33 @@ class CompileContext:
     transforms_dir: Path
     # python functions already imported, by "module.function" (shared across channels)
     functions: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    # IANA zone of HL7 times written without an offset (routes.yaml `timezone`)
+    timezone: str = "UTC"
+
+    @classmethod
+    def of(cls, config: EngineConfig) -> CompileContext:
+        """The context to compile `config`'s channels with."""
+        return cls(config.tables, config.transforms_dir, timezone=config.timezone)
+
+
+# What the HL7 v2 field steps (set, copy, map, remove) take and give.
+EDITS_HL7 = Flow(
+    frozenset({"hl7v2"}),
+    "same",
+    "edits HL7 v2 fields",
+    {
+        "fhir": "add `- convert: fhir_to_siu` before it",
+        "json": "HL7 v2 steps go before the convert step that makes the JSON document",
+    },
+)
+
+
+def hl7_message(doc: Document, step: str) -> Message:
+    """`doc` as the HL7 v2 message an HL7 v2 step edits; StepError for a JSON document."""
+    if isinstance(doc, Message):
+        return doc
+    refusal = EDITS_HL7.refusal(step, kind_of(doc))
+    raise StepError(refusal or f"{step} edits HL7 v2 fields")
 
 
 def label(spec: StepSpec) -> str:

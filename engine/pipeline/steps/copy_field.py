@@ -17,8 +17,9 @@ from typing import Any
 from engine.config.errors import ConfigProblem
 from engine.config.model import StepSpec
 from engine.config.registry import CheckContext, Plugin
+from engine.pipeline.context import Document, RunContext
 from engine.pipeline.errors import StepError
-from engine.pipeline.steps.base import CompileContext, check_paths, label
+from engine.pipeline.steps.base import EDITS_HL7, CompileContext, check_paths, hl7_message, label
 from engine.protocol.er7 import Message, Path, parse_path, unescape
 
 SCHEMA: dict[str, Any] = {
@@ -35,7 +36,7 @@ def _check(args: dict[str, Any], ctx: CheckContext) -> list[ConfigProblem]:
     )
 
 
-PLUGIN = Plugin("copy", SCHEMA, _check, "copy a field's value into another field")
+PLUGIN = Plugin("copy", SCHEMA, _check, "copy a field's value into another field", flow=EDITS_HL7)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -68,7 +69,8 @@ class CopyField:
         self._source = parse_path(spec.args["from"])
         self._target = parse_path(spec.args["to"])
 
-    def apply(self, message: Message) -> Message:
+    def apply(self, doc: Document, run: RunContext) -> Document:
+        message = hl7_message(doc, self.label)
         value = message.get(self._source)
         if _is_leaf(message, self._source, value):
             message.set(self._target, value)

@@ -16,10 +16,18 @@ from typing import Any
 from engine.config.errors import ConfigProblem
 from engine.config.model import StepSpec
 from engine.config.registry import CheckContext, Plugin
+from engine.pipeline.context import Document, RunContext
 from engine.pipeline.errors import TABLE_VALUE_NOT_FOUND, StepError
-from engine.pipeline.steps.base import CompileContext, check_paths, label, value_text
+from engine.pipeline.steps.base import (
+    EDITS_HL7,
+    CompileContext,
+    check_paths,
+    hl7_message,
+    label,
+    value_text,
+)
 from engine.pipeline.steps.set_fields import QUOTED
-from engine.protocol.er7 import Message, parse_path
+from engine.protocol.er7 import parse_path
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -70,7 +78,7 @@ def _check(args: dict[str, Any], ctx: CheckContext) -> list[ConfigProblem]:
     return problems
 
 
-PLUGIN = Plugin("map", SCHEMA, _check, "translate codes through a mapping table")
+PLUGIN = Plugin("map", SCHEMA, _check, "translate codes through a mapping table", flow=EDITS_HL7)
 
 
 class MapTable:
@@ -109,7 +117,8 @@ class MapTable:
             detail=f"value {value!r} not in table {self._table_name}",
         )
 
-    def apply(self, message: Message) -> Message:
+    def apply(self, doc: Document, run: RunContext) -> Document:
+        message = hl7_message(doc, self.label)
         if self._into is None:
             message.map_all(self._field, self._translate)
             return message

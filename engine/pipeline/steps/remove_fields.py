@@ -9,8 +9,9 @@ from typing import Any
 from engine.config.errors import ConfigProblem
 from engine.config.model import StepSpec
 from engine.config.registry import CheckContext, Plugin
-from engine.pipeline.steps.base import CompileContext, check_paths, label
-from engine.protocol.er7 import Message, parse_path
+from engine.pipeline.context import Document, RunContext
+from engine.pipeline.steps.base import EDITS_HL7, CompileContext, check_paths, hl7_message, label
+from engine.protocol.er7 import parse_path
 
 SCHEMA: dict[str, Any] = {
     "oneOf": [
@@ -30,7 +31,7 @@ def _check(args: str | list[str], ctx: CheckContext) -> list[ConfigProblem]:
     return check_paths([((i,), p) for i, p in enumerate(args)], ctx, "remove")
 
 
-PLUGIN = Plugin("remove", SCHEMA, _check, "clear fields or drop segments")
+PLUGIN = Plugin("remove", SCHEMA, _check, "clear fields or drop segments", flow=EDITS_HL7)
 
 
 class RemoveFields:
@@ -38,7 +39,8 @@ class RemoveFields:
         self.label = label(spec)
         self._paths = [parse_path(p) for p in _paths(spec.args)]
 
-    def apply(self, message: Message) -> Message:
+    def apply(self, doc: Document, run: RunContext) -> Document:
+        message = hl7_message(doc, self.label)
         for path in self._paths:
             message.remove(path)
         return message

@@ -10,8 +10,16 @@ from typing import Any
 from engine.config.errors import ConfigProblem
 from engine.config.model import StepSpec
 from engine.config.registry import CheckContext, Plugin
-from engine.pipeline.steps.base import CompileContext, check_paths, label, value_text
-from engine.protocol.er7 import Message, parse_path
+from engine.pipeline.context import Document, RunContext
+from engine.pipeline.steps.base import (
+    EDITS_HL7,
+    CompileContext,
+    check_paths,
+    hl7_message,
+    label,
+    value_text,
+)
+from engine.protocol.er7 import parse_path
 
 QUOTED = "text in quotes (e.g. '060'), so the field gets exactly what is written"
 
@@ -28,7 +36,7 @@ def _check(args: dict[str, Any], ctx: CheckContext) -> list[ConfigProblem]:
     return check_paths([((key,), key) for key in args], ctx, "write")
 
 
-PLUGIN = Plugin("set", SCHEMA, _check, "write literal values into fields")
+PLUGIN = Plugin("set", SCHEMA, _check, "write literal values into fields", flow=EDITS_HL7)
 
 
 class SetFields:
@@ -36,7 +44,8 @@ class SetFields:
         self.label = label(spec)
         self._values = [(parse_path(k), value_text(v)) for k, v in spec.args.items()]
 
-    def apply(self, message: Message) -> Message:
+    def apply(self, doc: Document, run: RunContext) -> Document:
+        message = hl7_message(doc, self.label)
         for path, value in self._values:
             message.set(path, value)
         return message

@@ -27,7 +27,8 @@ def test_unknown_key_points_at_the_key(cfg: ConfigDir) -> None:
 def test_unknown_top_level_key_in_routes(cfg: ConfigDir) -> None:
     cfg.routes(cfg.routes_file.read_text() + "listener: {}\n")
     assert cfg.problems() == [
-        "routes.yaml:9:1: unknown key 'listener' (expected one of: store, listeners, routes)",
+        "routes.yaml:9:1: unknown key 'listener' "
+        "(expected one of: store, timezone, listeners, routes)",
     ]
 
 
@@ -58,7 +59,7 @@ def test_listener_name_must_be_a_plain_name(cfg: ConfigDir) -> None:
 
 def test_missing_required_key(cfg: ConfigDir) -> None:
     _routes(cfg, "  epic-siu: {ack: commit}\n")
-    assert cfg.problems() == ["routes.yaml:2:13: missing required key 'mllp'"]
+    assert cfg.problems() == ["routes.yaml:2:13: expected exactly one of mllp: or http:"]
 
 
 def test_missing_listeners_and_routes(cfg: ConfigDir) -> None:
@@ -104,7 +105,8 @@ def test_retry_first_above_max(cfg: ConfigDir) -> None:
 def test_accept_type_shape(cfg: ConfigDir) -> None:
     cfg.channel("siu-to-clinic-ehr", "accept: {type: [SIU^S12, SIU-S13]}\n")
     assert cfg.problems() == [
-        f"{CHANNEL_FILE}:1:26: expected a message type like SIU^S12, got 'SIU-S13'",
+        f"{CHANNEL_FILE}:1:26: expected a message type like SIU^S12, or Appointment (FHIR), "
+        "got 'SIU-S13'",
     ]
 
 

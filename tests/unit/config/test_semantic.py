@@ -89,6 +89,64 @@ def test_field_paths_must_parse(cfg: ConfigDir) -> None:
     ]
 
 
+def test_json_outputs_take_element_paths_in_expect_and_order_by(cfg: ConfigDir) -> None:
+    cfg.channel("siu-to-clinic-ehr", """\
+        destinations:
+          clinic-ehr:
+            mllp: {host: ehr.test, port: 6661}
+            order_by: identifier.0.value
+        tests:
+          - name: element paths
+            input: samples/siu_s12_new_patient.hl7
+            expect: {clinic-ehr: {status: booked, participant.0.actor.reference: Patient/1}}
+          - name: not an element path either
+            input: samples/siu_s12_new_patient.hl7
+            expect: {clinic-ehr: {participant..0: x, data.0x: y, Status: z}}
+        """)
+    assert cfg.problems() == [
+        f"{CHANNEL_FILE}:11:27: expected an element path like participant.0.actor.reference "
+        "(names and 0-based indices joined by dots) or a field path like SCH-7.1, got "
+        "'participant..0'",
+        f"{CHANNEL_FILE}:11:46: expected an element path like participant.0.actor.reference "
+        "(names and 0-based indices joined by dots) or a field path like SCH-7.1, got "
+        "'data.0x'",
+        # Upper case first: meant as a field path, and told what a field path needs.
+        f"{CHANNEL_FILE}:11:58: {_path_error('Status')}",
+    ]
+
+
+def test_a_test_previous_must_exist(cfg: ConfigDir) -> None:
+    cfg.channel("siu-to-clinic-ehr", """\
+        destinations: {clinic-ehr: {mllp: {host: ehr.test, port: 6661}}}
+        tests:
+          - name: a change
+            input: samples/siu_s12_new_patient.hl7
+            previous: samples/zz_earlier.json
+            outcome: delivered
+        """)
+    assert cfg.problems() == [
+        f"{CHANNEL_FILE}:5:15: test previous 'samples/zz_earlier.json' does not exist",
+    ]
+
+
+def test_a_test_previous_is_kept_resolved(cfg: ConfigDir) -> None:
+    cfg.write("samples/earlier.hl7", "MSH|^~\\&|A|B|C|D|20240101||SIU^S12|C1|P|2.5.1\r")
+    cfg.channel("siu-to-clinic-ehr", """\
+        destinations: {clinic-ehr: {mllp: {host: ehr.test, port: 6661}}}
+        tests:
+          - name: a change
+            input: samples/siu_s12_new_patient.hl7
+            previous: samples/earlier.hl7
+            outcome: delivered
+          - name: no previous
+            input: samples/siu_s12_new_patient.hl7
+            outcome: delivered
+        """)
+    changed, plain = cfg.load().channels["siu-to-clinic-ehr"].tests
+    assert changed.previous == cfg.root / "samples" / "earlier.hl7"
+    assert plain.previous is None
+
+
 def test_regex_must_compile(cfg: ConfigDir) -> None:
     cfg.channel("siu-to-clinic-ehr", "filter: {field: SCH-25.1, matches: '(Booked'}\n" + DEST)
     assert cfg.problems() == [

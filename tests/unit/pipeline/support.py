@@ -7,6 +7,7 @@ Every name, id and value here is invented.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,48 @@ MULTI = (
     "AIP|1|A|P1001^Rivera^Sam|AT\r"
     "AIP|2|A|P1002^Chen^Alex~P1003^Okafor^Jordan|AT\r"
 )
+
+
+# A FHIR Appointment as a booking front end might post it (server-owned id and meta
+# included); ids and codes invented.
+APPOINTMENT: dict[str, Any] = {
+    "resourceType": "Appointment",
+    "id": "srv-1",
+    "meta": {"versionId": "1"},
+    "identifier": [{"system": "urn:example:booking", "value": "BK-2001"}],
+    "status": "booked",
+    "start": "2025-04-01T09:00:00Z",
+    "end": "2025-04-01T09:30:00Z",
+    "minutesDuration": 30,
+    "comment": "Bring the | form",
+    "participant": [
+        {
+            "actor": {
+                "type": "Patient",
+                "identifier": {"system": "urn:example:mrn", "value": "MRN-ZZ-1"},
+            },
+            "status": "accepted",
+        },
+        {
+            "actor": {
+                "type": "Practitioner",
+                "identifier": {"system": "urn:example:npi", "value": "PR-77"},
+            },
+            "status": "accepted",
+        },
+    ],
+}
+
+
+def appointment(**changes: Any) -> dict[str, Any]:
+    """A deep copy of APPOINTMENT with top-level elements replaced (None removes one)."""
+    out: dict[str, Any] = json.loads(json.dumps(APPOINTMENT))
+    for key, value in changes.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
 
 
 def sample(name: str) -> Decoded:
@@ -128,16 +171,23 @@ class ConfigRoot(ConfigDir):
     """A configuration folder in tmp_path, loaded with the engine's own steps and
     destinations."""
 
+    def write_json(self, relative: str, document: dict[str, Any]) -> Path:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(document), encoding="utf-8")
+        return path
+
     def copy_sample(self, name: str) -> Path:
         path = self.root / "samples" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes((SAMPLES / name).read_bytes())
         return path
 
-    def with_channel(self, text: str, name: str = "feed") -> ConfigRoot:
+    def with_channel(self, text: str, name: str = "feed", timezone: str = "UTC") -> ConfigRoot:
         self.write(
             "routes.yaml",
             f"""\
+            timezone: {timezone}
             listeners:
               epic-siu:
                 mllp: {{port: 2575}}
@@ -167,4 +217,4 @@ class ConfigRoot(ConfigDir):
         return load(self.root / "routes.yaml")
 
     def context(self, config: EngineConfig) -> CompileContext:
-        return CompileContext(config.tables, config.transforms_dir)
+        return CompileContext.of(config)

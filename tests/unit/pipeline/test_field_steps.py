@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from engine.config.model import StepSpec
+from engine.pipeline.context import RunContext
 from engine.pipeline.errors import StepError
 from engine.pipeline.steps import REGISTRY, compile_step
 from engine.pipeline.steps.base import CompileContext
@@ -27,7 +28,9 @@ from tests.unit.pipeline.support import (
 
 def apply(kind: str, args: Any, m: Message) -> Message:
     step = compile_step(StepSpec(kind, args, POS, 1), CompileContext(dict(TABLES), SAMPLES))
-    return step.apply(m)
+    out = step.apply(m, RunContext())
+    assert isinstance(out, Message)
+    return out
 
 
 def segments(m: Message) -> dict[str, list[str]]:

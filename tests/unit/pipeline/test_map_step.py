@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from engine.config.model import StepSpec
+from engine.pipeline.context import RunContext
 from engine.pipeline.errors import TABLE_VALUE_NOT_FOUND, StepError
 from engine.pipeline.steps import REGISTRY
 from engine.pipeline.steps.base import CompileContext
@@ -32,7 +33,9 @@ UNKNOWN = "P9999"  # a provider id in no table
 
 def mapped(args: dict[str, Any], text: str = MULTI) -> Message:
     step = compile_step(StepSpec("map", args, POS, 2), CompileContext(dict(TABLES), REPO))
-    return step.apply(message(text))
+    out = step.apply(message(text), RunContext())
+    assert isinstance(out, Message)
+    return out
 
 
 def with_unknown(text: str = MULTI) -> str:

@@ -11,6 +11,7 @@ import pytest
 
 from engine.config.model import StepSpec
 from engine.pipeline.channel import ChannelOutcome
+from engine.pipeline.context import RunContext
 from engine.pipeline.steps import REGISTRY, compile_step
 from engine.pipeline.steps.base import CompileContext
 from engine.pipeline.transforms import TransformError, load_function
@@ -119,7 +120,8 @@ def test_a_wrong_return_type_fails_the_channel(transforms: Path) -> None:
     outcome = run_python(transforms, "custom.wrong_type")
     assert outcome.status == "error"
     assert outcome.error == (
-        "steps[2] python (custom.wrong_type) returned str, expected the message or None"
+        "steps[2] python (custom.wrong_type) returned str, expected the document "
+        "(a Message or a dict) or None"
     )
 
 
@@ -131,7 +133,7 @@ def test_compiling_uses_a_function_already_loaded(transforms: Path) -> None:
     # A name the folder does not define: found in the context, it is not imported again.
     ctx.functions["custom.elsewhere"] = lambda message: calls.append(message.get("MSH-10"))
     step = compile_step(StepSpec("python", "custom.elsewhere", POS, 4), ctx)
-    step.apply(message())
+    step.apply(message(), RunContext())
     assert (step.label, calls) == ("steps[4] python", ["CTL900"])
 
 

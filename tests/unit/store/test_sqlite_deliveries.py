@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.store.base import Attempt, AttemptOutcome
+from engine.store.base import Attempt, AttemptOutcome, Delivery, NewDelivery
 from engine.store.sqlite import SqliteStore
 from tests.unit.store.helpers import FakeClock, make_ingest
 
@@ -164,3 +164,46 @@ async def test_an_operator_retry_from_another_process_is_claimed(
     assert proc.returncode == 0 and out.decode().strip() == "1"
     await _ingest_deliveries(store, 1)  # the engine keeps writing afterwards
     assert [d.id for d in await store.claim_queued(["dest-a"], 10)] == [failed]
+
+
+async def test_added_deliveries_are_queued_like_ingested_ones(
+    store: SqliteStore, clock: FakeClock, db_path: Path
+) -> None:
+    item = make_ingest("ADD1", destinations=("dest-a",))
+    stored = await store.ingest(item)
+    clock.now = T0 + 30
+    output = item.results[0].output
+    held = await store.add_deliveries(stored.message_id, (
+        NewDelivery("chan-a", "hooks", "APT001", b'{"type":"appointment.sync_failed"}', T0 + 31),
+        NewDelivery("chan-a", "dest-b", "", output, T0 + 32),
+    ))
+    (left,) = await store.add_deliveries(
+        stored.message_id, (NewDelivery("chan-a", "hooks", "", b"{}", T0 + 33),), claimed=False
+    )
+    assert held[0] > stored.delivery_ids[0] and held[1] == held[0] + 1 and left == held[1] + 1
+    detail = await store.get(stored.message_id)
+    assert detail is not None
+    assert detail.deliveries[1:] == (
+        Delivery(held[0], stored.message_id, "chan-a", "hooks", "APT001", "queued", 0, T0 + 31,
+                 b'{"type":"appointment.sync_failed"}', T0 + 30, T0 + 30),
+        Delivery(held[1], stored.message_id, "chan-a", "dest-b", "", "queued", 0, T0 + 32,
+                 output, T0 + 30, T0 + 30),
+        Delivery(left, stored.message_id, "chan-a", "hooks", "", "queued", 0, T0 + 33, b"{}",
+                 T0 + 30, T0 + 30),
+    )
+    with sqlite3.connect(db_path) as conn:
+        (payload,) = conn.execute("SELECT payload FROM deliveries WHERE id = ?",
+                                  (held[1],)).fetchone()
+    assert payload is None  # the channel's output, stored once as for an ingest
+    # Claimed ones are this process's; the others wait for a runner to claim them.
+    assert [d.id for d in await store.claim_queued(["hooks", "dest-b"], 10)] == [left]
+    # The ingest's own delivery, the two added held and the one claimed just now.
+    assert await store.release_claims() == 4
+    assert [d.id for d in await store.claim_queued(["hooks", "dest-b"], 10)] == [*held, left]
+
+
+async def test_deliveries_for_an_unknown_message_are_refused(store: SqliteStore) -> None:
+    with pytest.raises(LookupError, match="message 4242 does not exist"):
+        await store.add_deliveries(4242, (NewDelivery("c", "hooks", "", b"{}", T0),))
+    assert await store.deliveries() == []
+    assert await store.add_deliveries(4242, ()) == ()

@@ -38,9 +38,10 @@ def test_an_empty_file_is_created_at_the_latest_version(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         assert user_version(conn) == len(MIGRATIONS)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert {"messages", "message_keys", "channel_results", "deliveries", "attempts"} <= _tables(
-        path
-    )
+    assert {
+        "messages", "message_keys", "channel_results", "deliveries", "attempts",
+        "appointments", "appointment_actors", "appointment_versions",
+    } <= _tables(path)
     assert {
         "messages_received_at",
         "messages_status",
@@ -51,6 +52,11 @@ def test_an_empty_file_is_created_at_the_latest_version(tmp_path: Path) -> None:
         "deliveries_message",
         "deliveries_queued",
         "attempts_delivery",
+        "appointment_actors_overlap",
+        "appointment_versions_key",
+        "appointment_versions_message",
+        "appointment_versions_current",
+        "appointment_versions_flagged",
     } <= _indexes(path)
 
 
@@ -90,7 +96,8 @@ async def test_a_newer_database_is_refused_and_left_untouched(tmp_path: Path) ->
         conn.execute("PRAGMA user_version = 99")
     before = path.read_bytes()
     store = SqliteStore(path)
-    with pytest.raises(StoreSchemaError, match=r"version 99 is newer .* supports \(1\)"):
+    supports = rf"version 99 is newer .* supports \({len(MIGRATIONS)}\)"
+    with pytest.raises(StoreSchemaError, match=supports):
         await store.open()
     assert path.read_bytes() == before
 

@@ -221,7 +221,8 @@ async def test_batch_answers_each_entry(fhir: FakeFhir, http: aiohttp.ClientSess
         "201 Created",
         "400 Bad Request",
     ]
-    assert body["entry"][0]["response"]["etag"] == 'W/"2"'
+    # G-1 is sent unchanged: a no-op update keeps its version.
+    assert body["entry"][0]["response"]["etag"] == 'W/"1"'
     assert body["entry"][2]["response"]["outcome"]["resourceType"] == "OperationOutcome"
     assert len(fhir.resources) == 2
     status, _, _ = await call(http, "POST", fhir.url, {"resourceType": "Bundle", "type": "history"})
@@ -297,3 +298,15 @@ def test_the_capability_statement_is_valid_r4b() -> None:
     from engine.testing.fake_fhir import CAPABILITIES
 
     CapabilityStatement.model_validate(CAPABILITIES)
+
+
+async def test_an_update_that_changes_nothing_keeps_the_version(
+    fhir: FakeFhir, http: aiohttp.ClientSession
+) -> None:
+    url = f"{fhir.url}/Appointment?identifier={SYSTEM}|N-1"
+    first = await call(http, "PUT", url, appointment("N-1"))
+    again = await call(http, "PUT", url, appointment("N-1"))
+    assert (first[0], again[0]) == (201, 200)
+    assert again[1]["meta"]["versionId"] == "1"
+    changed = await call(http, "PUT", url, {**appointment("N-1"), "status": "cancelled"})
+    assert changed[1]["meta"]["versionId"] == "2"

@@ -1,0 +1,228 @@
+"""The HTTP listener: FHIR REST for Appointments on aiohttp, feeding `FhirIntake`.
+
+Served under the listener's base path (`/fhir` by default):
+
+- `GET  [base]/metadata`            the CapabilityStatement (engine.fhir.capability)
+- `POST [base]/Appointment`         create (`If-None-Exist` for a conditional create)
+- `PUT  [base]/Appointment/{id}`    update (`If-Match` for a version-aware one)
+- `GET  [base]/Appointment/{id}`    the latest version the engine holds
+- `POST [base]`                     a `batch` or `transaction` Bundle of the two writes
+
+Rules it keeps: a 2xx only after the durable commit (intake's); every error is an
+OperationOutcome, never an HTML page or a stack trace; a body over `max_body_bytes` is
+refused with 413 while it streams in, before it is held in memory whole; nothing logged or
+returned quotes the body; the access log is off (URLs carry ids). `Prefer: return=minimal`
+and `return=OperationOutcome` are honoured on success.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+
+from aiohttp import web
+
+from engine.config.model import ListenerConfig
+from engine.fhir.capability import capability_statement
+from engine.fhir.outcome import Invalid, Issue, operation_outcome
+from engine.fhir.validation import parse_appointment
+from engine.listeners.fhir_bundles import handle_bundle
+from engine.runtime.fhir_intake import FhirAnswer, FhirIntake, FhirRequest, fail
+
+log = logging.getLogger("engine.listener")
+
+FHIR_JSON = "application/fhir+json"
+_JSON_TYPES = frozenset({FHIR_JSON, "application/json"})
+# What is kept of an oversized body, as the MLLP listener keeps an oversized frame's head.
+HEAD_BYTES = 64 * 1024
+_CHUNK = 64 * 1024
+
+
+def fhir_instant(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def presented(answer: FhirAnswer) -> dict[str, Any] | None:
+    """The resource as served: id and meta (version, time) first, then its content."""
+    if answer.resource is None:
+        return None
+    meta: dict[str, Any] = {"versionId": str(answer.version)}
+    if answer.last_modified is not None:
+        meta["lastUpdated"] = fhir_instant(answer.last_modified)
+    content = {k: v for k, v in answer.resource.items() if k not in ("resourceType", "id", "meta")}
+    return {"resourceType": "Appointment", "id": answer.id, "meta": meta, **content}
+
+
+def answer_headers(base_url: str, answer: FhirAnswer) -> dict[str, str]:
+    if not answer.id or not answer.ok:
+        return {}
+    headers = {
+        "Location": f"{base_url}/Appointment/{answer.id}/_history/{answer.version}",
+        "ETag": f'W/"{answer.version}"',
+    }
+    if answer.last_modified is not None:
+        moment = datetime.fromtimestamp(answer.last_modified, UTC)
+        headers["Last-Modified"] = format_datetime(moment, usegmt=True)
+    return headers
+
+
+def json_response(
+    status: int, body: dict[str, Any] | None, headers: dict[str, str]
+) -> web.Response:
+    if body is None:
+        return web.Response(status=status, headers=headers)
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return web.Response(
+        status=status,
+        body=data,
+        headers={**headers, "Content-Type": f"{FHIR_JSON}; charset=utf-8"},
+    )
+
+
+def respond(request: web.Request, base_url: str, answer: FhirAnswer) -> web.Response:
+    headers = answer_headers(base_url, answer)
+    if not answer.ok:
+        return json_response(answer.status, answer.outcome, headers)
+    prefer = request.headers.get("Prefer", "")
+    if "return=minimal" in prefer:
+        return json_response(answer.status, None, headers)
+    if "return=OperationOutcome" in prefer:
+        return json_response(answer.status, operation_outcome([]), headers)
+    return json_response(answer.status, presented(answer), headers)
+
+
+class HttpListener:
+    def __init__(self, config: ListenerConfig, intake: FhirIntake, version: str = "") -> None:
+        assert config.http is not None
+        self.config = config
+        self.http = config.http
+        self.intake = intake
+        self._version = version
+        self._base = "/" + self.http.path.strip("/") if self.http.path.strip("/") else ""
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._runner is not None
+        address = self._runner.addresses[0]
+        return int(address[1])
+
+    def base_url(self, request: web.Request) -> str:
+        return f"{request.scheme}://{request.host}{self._base}"
+
+    async def start(self) -> None:
+        # The body limit is enforced while reading (`_body`), where the answer can be an
+        # OperationOutcome; aiohttp's own limit is only a backstop above it.
+        app = web.Application(client_max_size=self.http.max_body_bytes + _CHUNK)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        self._site = web.TCPSite(
+            self._runner, self.http.host, self.http.port, reuse_address=True, backlog=1024
+        )
+        await self._site.start()
+        log.info("listener %s: FHIR on http://%s:%d%s", self.config.name, self.http.host,
+                 self.port, self._base)
+
+    async def stop(self) -> None:
+        """Stop accepting; requests in progress finish (and get their answer) first."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        try:
+            return await self._route(request)
+        except Exception as exc:  # a bug must cost one request, never the listener
+            log.error("listener %s: %s handling a request", self.config.name,
+                      type(exc).__name__)
+            return json_response(500, fail(500, "exception", "internal error").outcome, {})
+
+    async def _route(self, request: web.Request) -> web.Response:
+        path = request.path.rstrip("/")
+        if path != self._base and not path.startswith(self._base + "/"):
+            return self._error(fail(404, "not-found", "not a FHIR endpoint of this engine"))
+        parts = [p for p in path[len(self._base):].split("/") if p]
+        method = request.method
+        base_url = self.base_url(request)
+        if parts == ["metadata"]:
+            if method != "GET":
+                return self._not_allowed("GET")
+            statement = capability_statement(base_url, self._version, self.intake.now())
+            return json_response(200, statement, {})
+        if not parts:
+            if method != "POST":
+                return self._not_allowed("POST")
+            return await self._write(request, base_url, bundle=True)
+        if parts[0] != "Appointment" or len(parts) > 2:
+            return self._error(fail(404, "not-supported",
+                                    "only Appointment is served here"))
+        if len(parts) == 1:
+            if method != "POST":
+                return self._not_allowed("POST")
+            return await self._write(request, base_url)
+        if method == "GET":
+            return respond(request, base_url, await self.intake.read(parts[1]))
+        if method != "PUT":
+            return self._not_allowed("GET, PUT")
+        return await self._write(request, base_url, target=parts[1])
+
+    async def _write(
+        self, request: web.Request, base_url: str, *, target: str | None = None,
+        bundle: bool = False,
+    ) -> web.Response:
+        if request.content_type not in _JSON_TYPES:
+            return self._error(fail(415, "not-supported",
+                                    f"send {FHIR_JSON} (or application/json)"))
+        raw = await self._body(request)
+        if isinstance(raw, FhirAnswer):
+            return self._error(raw)
+        if bundle:
+            answer = await handle_bundle(self.config, self.intake, raw, self.http.max_body_bytes)
+            return json_response(answer.status, answer.body, {})
+        try:
+            resource = parse_appointment(raw, max_bytes=self.http.max_body_bytes)
+        except Invalid as invalid:
+            return self._error(await self.intake.reject(self.config, raw, invalid))
+        fhir_request = FhirRequest(
+            "PUT" if target is not None else "POST",
+            resource,
+            raw,
+            target=target,
+            if_match=request.headers.get("If-Match"),
+            if_none_exist=request.headers.get("If-None-Exist"),
+        )
+        return respond(request, base_url, await self.intake.submit(self.config, fhir_request))
+
+    async def _body(self, request: web.Request) -> bytes | FhirAnswer:
+        """The body, or a 413 (stored with the body's head) once it passes the limit."""
+        limit = self.http.max_body_bytes
+        data = bytearray()
+        too_big = request.content_length is not None and request.content_length > limit
+        if not too_big:
+            async for chunk in request.content.iter_chunked(_CHUNK):
+                data += chunk
+                if len(data) > limit:
+                    too_big = True
+                    break
+        if not too_big:
+            return bytes(data)
+        if not data:
+            data += await request.content.read(HEAD_BYTES)
+        invalid = Invalid(413, [Issue("error", "too-long",
+                                      f"request body is over the limit of {limit} bytes")])
+        return await self.intake.reject(self.config, bytes(data[:HEAD_BYTES]), invalid)
+
+    @staticmethod
+    def _error(answer: FhirAnswer) -> web.Response:
+        return json_response(answer.status, answer.outcome, {})
+
+    def _not_allowed(self, allowed: str) -> web.Response:
+        answer = fail(405, "not-supported", f"this path accepts {allowed}")
+        return json_response(405, answer.outcome, {"Allow": allowed})

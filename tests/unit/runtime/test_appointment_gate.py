@@ -1,0 +1,121 @@
+"""The appointment gate: dispositions from the store's state, per-key serialisation, refusals
+under `conflicts: reject`, all against a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.config.model import ChannelConfig, ConflictPolicy, Pos
+from engine.pipeline.channel import CompiledChannel
+from engine.pipeline.steps.base import CompileContext
+from engine.runtime.appointments import CONFLICT_STEP, AppointmentGate, key_of
+from engine.runtime.intake import new_message
+from engine.runtime.processing import decode_fhir
+from engine.store.base import Ingest
+from engine.store.sqlite import SqliteStore
+
+ROOT = Path(__file__).resolve().parents[3]
+POS = Pos(Path("channels/x.yaml"), 1, 1)
+BOOKED: dict[str, Any] = json.loads((ROOT / "samples" / "fhir_appointment_booked.json").read_text())
+KEY = "urn:booking-portal:appointments|WEB2001"
+T0 = 1_750_000_000.0
+
+
+def channel(conflicts: ConflictPolicy = "flag") -> CompiledChannel:
+    config = ChannelConfig("c", Path("channels/c.yaml"), POS, accept_types=("Appointment",),
+                           conflicts=conflicts)
+    return CompiledChannel(config, CompileContext({}, ROOT / "transforms"))
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "engine.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+def resource(**changes: Any) -> dict[str, Any]:
+    out = copy.deepcopy(BOOKED)
+    out.update(changes)
+    return out
+
+
+async def record(store: SqliteStore, gate: AppointmentGate, body: dict[str, Any],
+                 *, at: float = T0, conflicts: ConflictPolicy = "flag") -> str:
+    """Judge and commit one version; its disposition."""
+    decoded = decode_fhir(body, json.dumps(body).encode())
+    async with gate.hold(key_of(decoded)):
+        judged, outcomes = await gate.process(
+            decoded, [channel(conflicts)], now=at, control_id="C1", source_time=at
+        )
+        assert judged is not None
+        await store.ingest(Ingest(new_message("api", b"{}", decoded, at, "processed", "201", b""),
+                                  appointment=judged.version()))
+    if judged.refused:
+        assert outcomes[0].status == "error" and outcomes[0].error_step == CONFLICT_STEP
+    return judged.context.disposition
+
+
+async def test_dispositions_follow_the_stored_state(store: SqliteStore) -> None:
+    gate = AppointmentGate(store)
+    assert await record(store, gate, resource()) == "current"
+    assert await record(store, gate, resource(), at=T0 + 1) == "unchanged"
+    moved = resource(start="2025-04-02T15:00:00Z", end="2025-04-02T15:30:00Z")
+    assert await record(store, gate, moved, at=T0 + 2) == "current"
+    # The first booking arriving again, said to be older than the current version: stale.
+    assert await record(store, gate, resource(), at=T0 + 1.5) == "stale"
+    row = await store.appointment(KEY)
+    assert row is not None and row.version == 2 and json.loads(row.resource)["start"] == (
+        "2025-04-02T15:00:00Z")
+
+
+async def test_reject_refuses_a_double_booking_and_keeps_state(store: SqliteStore) -> None:
+    gate = AppointmentGate(store)
+    await record(store, gate, resource())
+    other = resource(identifier=[{"system": "urn:booking-portal:appointments",
+                                  "value": "WEB2002"}])
+    assert await record(store, gate, other, conflicts="reject") == "rejected"
+    assert await store.appointment("urn:booking-portal:appointments|WEB2002") is None
+    (version,) = await store.appointment_history("urn:booking-portal:appointments|WEB2002")
+    assert version.disposition == "rejected"
+    assert [w.kind for w in version.warnings] == ["double-booking"]
+    assert await record(store, gate, other, conflicts="flag") == "current"
+
+
+async def test_one_key_is_judged_at_a_time_and_idle_keys_are_forgotten(
+    store: SqliteStore,
+) -> None:
+    gate = AppointmentGate(store)
+    order: list[str] = []
+    inside = asyncio.Event()
+    release = asyncio.Event()
+
+    async def first() -> None:
+        async with gate.hold(KEY):
+            order.append("first in")
+            inside.set()
+            await release.wait()
+            order.append("first out")
+
+    async def second() -> None:
+        await inside.wait()
+        async with gate.hold(KEY):
+            order.append("second in")
+
+    async def other_key() -> None:
+        await inside.wait()
+        async with gate.hold("urn:x|OTHER"):
+            order.append("other in")
+        release.set()
+
+    await asyncio.gather(first(), second(), other_key())
+    assert order == ["first in", "other in", "first out", "second in"]
+    assert gate._locks == {}  # the point of the test: idle keys hold no lock
