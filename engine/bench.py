@@ -94,7 +94,7 @@ async def drive(port: int, payloads: list[bytes], connections: int) -> LoadResul
     return result
 
 
-async def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+async def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -125,7 +125,7 @@ def _bench_config(source: Path, folder: Path, listen: int, ehr: int) -> Path:
     return folder / "routes.yaml"
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
         proc.wait(30)
@@ -154,7 +154,7 @@ async def bench_engine(source: Path, count: int, connections: int) -> dict[str, 
                 cwd=tmp,
             )
             try:
-                await _wait_port(listen, proc)
+                await wait_port(listen, proc)
                 started = time.perf_counter()
                 load = await drive(listen, payloads, connections)
                 acked = load.acks.get("AA", 0)
@@ -167,7 +167,7 @@ async def bench_engine(source: Path, count: int, connections: int) -> dict[str, 
                 await ehr.wait_until(progressed, timeout=120.0)
                 delivered_seconds = last[0] - started
             finally:
-                _stop(proc)
+                stop_process(proc)
             received = Counter(peek_header(p).control_id for p in ehr.received)
     sent_ids = {f"BENCH{i:08d}" for i in range(count)}
     return {
@@ -194,10 +194,10 @@ async def bench_baseline(source: Path, count: int, connections: int) -> dict[str
         [sys.executable, "-m", "engine.testing.hl7_echo", str(port)], stdout=subprocess.DEVNULL
     )
     try:
-        await _wait_port(port, proc)
+        await wait_port(port, proc)
         load = await drive(port, payloads, connections)
     finally:
-        _stop(proc)
+        stop_process(proc)
     return {
         "ack_per_second": round(load.rate),
         "ack_p50_ms": round(load.percentile(0.5), 2),

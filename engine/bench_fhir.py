@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from engine.bench import LoadResult, _stop, _wait_port, free_port
+from engine.bench import LoadResult, free_port, stop_process, wait_port
 from engine.protocol.er7 import Message
 from engine.testing.fake_ehr import FakeEhr
 
@@ -113,7 +113,7 @@ async def bench_fhir(source: Path, count: int, connections: int) -> dict[str, An
                        "--log-level", "warning"]
             proc = subprocess.Popen(command, cwd=tmp)
             try:
-                await _wait_port(http_port, proc)
+                await wait_port(http_port, proc)
                 load = LoadResult(count, 0.0, Counter(), [])
                 started = time.perf_counter()
                 await asyncio.gather(*(
@@ -130,7 +130,7 @@ async def bench_fhir(source: Path, count: int, connections: int) -> dict[str, An
 
                 await ehr.wait_until(progressed, timeout=120.0)
             finally:
-                _stop(proc)
+                stop_process(proc)
             received = Counter(Message.parse(p.decode()).get("SCH-1.1") for p in ehr.received)
     sent = {f"BENCH{i:08d}" for i in range(count)}
     return {

@@ -14,12 +14,12 @@ from __future__ import annotations
 from datetime import tzinfo
 from typing import Any
 
-from engine.appointments.state import appointment_key, instant
+from engine.appointments.state import appointment_key
 from engine.conversions.codes import ConversionError, parse_hl7_timestamp
 from engine.conversions.siu_to_fhir import SIU_TRIGGERS, siu_to_fhir
 from engine.protocol.er7 import Message
 
-__all__ = ["SERVER_ELEMENTS", "fhir_source_time", "from_fhir", "from_siu", "siu_source_time"]
+__all__ = ["SERVER_ELEMENTS", "from_fhir", "from_siu", "siu_source_time"]
 
 # Elements the storing server owns, never part of what a sender says about an appointment.
 SERVER_ELEMENTS = frozenset({"id", "meta", "text"})
@@ -57,11 +57,4 @@ def siu_source_time(message: Message, tz: tzinfo) -> float | None:
         moment = parse_hl7_timestamp(message.get("MSH-7"), tz, "MSH-7")
     except ConversionError:
         return None
-    return None if moment is None else moment.timestamp()
-
-
-def fhir_source_time(resource: dict[str, Any]) -> float | None:
-    """meta.lastUpdated as unix seconds, when the sender set it."""
-    meta = resource.get("meta")
-    moment = instant(meta.get("lastUpdated")) if isinstance(meta, dict) else None
     return None if moment is None else moment.timestamp()

@@ -41,6 +41,7 @@ from engine.conversions.codes import FILL, IDENTIFIER_TYPE_SYSTEM, PLAC, parse_i
 
 __all__ = [
     "ACTOR_TYPES",
+    "CALLER_TEXT",
     "CANCELLED_STATUSES",
     "INACTIVE_STATUSES",
     "Assessment",
@@ -61,6 +62,17 @@ Change = Literal["created", "updated", "rescheduled", "cancelled", "no_show",
                  "entered-in-error", "unchanged"]
 WarningKind = Literal["unknown-appointment", "update-after-cancel", "out-of-order",
                       "double-booking"]
+
+# What a sender is told about a conflict (ERR text, OperationOutcome): the kind in words, and
+# nothing about the other appointments involved (their keys belong to other patients'
+# bookings). The full warning, keys included, is kept in the store for `engine show`.
+CALLER_TEXT: dict[str, str] = {
+    "unknown-appointment": "the message changes or ends an appointment the engine has not seen",
+    "update-after-cancel": "the appointment was cancelled; this message changes it again",
+    "out-of-order": "the message is older than the appointment's current version",
+    "double-booking": "a practitioner, location or device of this appointment is already "
+                      "booked over an overlapping time",
+}
 
 # Participant actor types that can be double-booked (a patient can hold two appointments).
 ACTOR_TYPES = ("Practitioner", "PractitionerRole", "Location", "Device")

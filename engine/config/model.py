@@ -45,7 +45,6 @@ class HttpListenerConfig:
     host: str = "127.0.0.1"
     path: str = "/fhir"
     max_body_bytes: int = 1024 * 1024
-    max_connections: int = 512
 
 
 @dataclass(frozen=True)

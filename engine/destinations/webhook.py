@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 
+from engine.config import env
 from engine.config.errors import ConfigProblem
 from engine.config.model import DestinationConfig
 from engine.config.registry import CheckContext, Plugin
@@ -85,13 +86,18 @@ PLUGIN_SCHEMA: dict[str, Any] = {
 
 def _check(args: Any, ctx: CheckContext) -> list[ConfigProblem]:
     """Secrets that are set but are not `whsec_<base64>` of a usable length, found by
-    `engine check` rather than at start-up. The message names the option, never the value."""
+    `engine check` rather than at start-up. The message names the option, never the value.
+
+    A secret's value must be written as exactly `${NAME}` (engine.config.env), and a reference
+    that did not resolve is left as written, with the loader's "environment variable NAME is
+    not set" at the same position. Such a value is not judged here: a second problem with the
+    same cause would only send the reader looking for a second mistake."""
     if not isinstance(args, dict):
         return []
     problems = []
     for option in _SECRET_OPTIONS:
         value = args.get(option)
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or env.is_secret_reference(value):
             continue
         try:
             WebhookSecret.parse(value)

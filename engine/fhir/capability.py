@@ -3,7 +3,8 @@
 Rule kept: it says exactly what `engine.listeners.http` does and nothing more: Appointments
 only, read / create / update (If-Match honoured, no update-as-create, no history, no delete,
 no search), conditional create on the booking identifier, batch and transaction Bundles,
-JSON only. A test compares it with the routes, so adding an interaction means saying so here.
+JSON only. The listener's tests check every interaction listed here is served and the ones
+left out are refused, so adding an interaction means saying so here.
 """
 
 from __future__ import annotations

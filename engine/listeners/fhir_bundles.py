@@ -15,8 +15,9 @@ from typing import Any
 
 from engine.config.model import ListenerConfig
 from engine.fhir.outcome import Invalid, Issue, operation_outcome
+from engine.fhir.rest import FhirAnswer, fhir_instant, presented
 from engine.fhir.validation import read_json, validate_appointment
-from engine.runtime.fhir_intake import FhirAnswer, FhirIntake, FhirRequest
+from engine.runtime.fhir_intake import FhirIntake, FhirRequest
 
 BUNDLE_TYPES = ("batch", "transaction")
 _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found",
@@ -73,8 +74,6 @@ def _text(value: Any) -> str | None:
 
 
 def entry_response(answer: FhirAnswer) -> dict[str, Any]:
-    from engine.listeners.http import fhir_instant, presented
-
     response: dict[str, Any] = {
         "status": f"{answer.status} {_REASONS.get(answer.status, '')}".strip()
     }

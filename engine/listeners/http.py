@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
-from email.utils import format_datetime
 from typing import Any
 
 from aiohttp import web
@@ -28,9 +26,10 @@ from aiohttp import web
 from engine.config.model import ListenerConfig
 from engine.fhir.capability import capability_statement
 from engine.fhir.outcome import Invalid, Issue, operation_outcome
+from engine.fhir.rest import FhirAnswer, answer_headers, fail, presented
 from engine.fhir.validation import parse_appointment
 from engine.listeners.fhir_bundles import handle_bundle
-from engine.runtime.fhir_intake import FhirAnswer, FhirIntake, FhirRequest, fail
+from engine.runtime.fhir_intake import FhirIntake, FhirRequest
 
 log = logging.getLogger("engine.listener")
 
@@ -41,39 +40,12 @@ HEAD_BYTES = 64 * 1024
 _CHUNK = 64 * 1024
 
 
-def fhir_instant(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
-
-
-def presented(answer: FhirAnswer) -> dict[str, Any] | None:
-    """The resource as served: id and meta (version, time) first, then its content."""
-    if answer.resource is None:
-        return None
-    meta: dict[str, Any] = {"versionId": str(answer.version)}
-    if answer.last_modified is not None:
-        meta["lastUpdated"] = fhir_instant(answer.last_modified)
-    content = {k: v for k, v in answer.resource.items() if k not in ("resourceType", "id", "meta")}
-    return {"resourceType": "Appointment", "id": answer.id, "meta": meta, **content}
-
-
-def answer_headers(base_url: str, answer: FhirAnswer) -> dict[str, str]:
-    if not answer.id or not answer.ok:
-        return {}
-    headers = {
-        "Location": f"{base_url}/Appointment/{answer.id}/_history/{answer.version}",
-        "ETag": f'W/"{answer.version}"',
-    }
-    if answer.last_modified is not None:
-        moment = datetime.fromtimestamp(answer.last_modified, UTC)
-        headers["Last-Modified"] = format_datetime(moment, usegmt=True)
-    return headers
-
-
 def json_response(
     status: int, body: dict[str, Any] | None, headers: dict[str, str]
 ) -> web.Response:
+    # The default Server header names the Python and aiohttp versions: no help to clients,
+    # some to an attacker.
+    headers = {**headers, "Server": "engine"}
     if body is None:
         return web.Response(status=status, headers=headers)
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()

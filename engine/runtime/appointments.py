@@ -8,10 +8,15 @@ appointments that share an actor over an overlapping time, asks `assess` what th
 means, and decides its disposition:
 
 - a warning under a channel with `conflicts: reject` -> `rejected`: those channels fail with
-  the reason (AE / 422); the version is history only;
+  the reason (AE / 422, the kind of conflict in words; the other bookings' keys stay in the
+  store); the version is history only;
 - not applied (older than the current version) -> `stale`;
 - same content as the current version -> `unchanged`;
 - else `current`.
+
+Within this process the lock makes the judgement current; against another process writing
+the same store (`engine replay`), each current version carries the version it was judged
+against and the store refuses it (`StaleJudgement`) if that moved on: callers judge again.
 
 Double-booking checks see committed versions only: two clashing bookings arriving in the same
 few milliseconds for different appointments may both pass (documented limit).
@@ -27,7 +32,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from engine.appointments.state import Assessment, Known, actors, appointment_key, assess, interval
+from engine.appointments.state import (
+    CALLER_TEXT,
+    Assessment,
+    Known,
+    actors,
+    appointment_key,
+    assess,
+    interval,
+)
 from engine.pipeline.channel import ChannelOutcome, CompiledChannel
 from engine.pipeline.context import AppointmentContext, RunContext
 from engine.pipeline.errors import APPLICATION_ERROR
@@ -43,6 +56,9 @@ from engine.store.base import (
 alerts = logging.getLogger("engine.alerts")
 
 CONFLICT_STEP = "conflicts"
+# How many times a version is judged again when another process (a replay from the CLI)
+# committed a version of the same appointment between the judgement and the commit.
+JUDGE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -59,9 +75,13 @@ class Judged:
     def assessment(self) -> Assessment:
         return self.context.assessment
 
+    def reasons(self) -> list[str]:
+        """What the sender is told about each conflict: kinds in words, no other bookings."""
+        return list(dict.fromkeys(CALLER_TEXT[w.kind] for w in self.assessment.warnings))
+
     def refusal(self, channel: str) -> ChannelOutcome:
         """The error outcome of a channel that refuses the version as a conflict."""
-        reasons = "; ".join(w.text for w in self.assessment.warnings)
+        reasons = "; ".join(self.reasons())
         return ChannelOutcome(
             channel,
             "error",
@@ -70,7 +90,9 @@ class Judged:
             error_code=APPLICATION_ERROR,
         )
 
-    def version(self, new_id: str | None = None) -> NewAppointmentVersion:
+    def version(self, *, rejected: bool = False) -> NewAppointmentVersion:
+        """The version to record; `rejected`: the sender was told it failed (a channel error
+        under the `processed` policy), so it is history, not the appointment's state."""
         resource = self.context.resource
         span = interval(resource)
         return NewAppointmentVersion(
@@ -78,7 +100,7 @@ class Judged:
             resource=dump(resource),
             status=str(resource.get("status", "")),
             change=self.assessment.change,
-            disposition=self.context.disposition,
+            disposition="rejected" if rejected else self.context.disposition,
             source_time=self.source_time,
             start=span[0].timestamp() if span else None,
             end=span[1].timestamp() if span else None,
@@ -86,7 +108,7 @@ class Judged:
             warnings=tuple(
                 AppointmentWarning(w.kind, w.text, w.related) for w in self.assessment.warnings
             ),
-            new_id=new_id,
+            base_version=self.known.version if self.known is not None else 0,
         )
 
     def alert(self, message_id: int) -> None:

@@ -115,7 +115,7 @@ class Dispatcher:
 
     def _failed(self, destination: str, item: Queued, reason: str) -> None:
         events = self._failure_events
-        if events is None or not events.wanted(destination):
+        if events is None:
             return
         task = asyncio.get_running_loop().create_task(
             events.announce(item.message_id, destination, reason, self.enqueue)

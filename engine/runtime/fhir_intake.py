@@ -8,20 +8,27 @@ that commit. What the answers mean:
 - create (`POST Appointment`): 201 for an appointment the engine did not know; the engine
   keys appointments by identifier, so a POST of a known identifier is a new version of that
   appointment, answered 200 (a client resending after a lost answer changes nothing).
-  `If-None-Exist: identifier=<system>|<value>` naming a known appointment: 200 with it,
-  nothing stored or sent.
+  `If-None-Exist: identifier=<system>|<value>` naming a known appointment (by its booking
+  identifier, or by any identifier of the posted resource that the stored one also has):
+  200 with it, nothing stored or sent.
 - update (`PUT Appointment/<id>`): 404 for an unknown id (no update-as-create: ids are the
   engine's); 422 when the body's identifier names another appointment; `If-Match` naming an
   older version: 412.
-- a conflict refused by a channel under `conflicts: reject`: 422 business-rule; a channel
-  error under the `processed` policy: 422 processing (stored with the error, like an AE).
+- a conflict refused under `conflicts: reject`: 422 business-rule, the kind of conflict in
+  words; a channel error under the `processed` policy: 422 processing. Both are stored with
+  the channels' results and the version as `rejected`; nothing is queued and the
+  appointment's state does not change, since the client was told it failed.
+- the time a request speaks for is its arrival: `meta.lastUpdated` belongs to the server, and
+  a client's clock is no reason to call its update stale.
 - a transaction Bundle: every entry judged first, all committed in one transaction, or none
-  (the first failing entry's status, its issues pointing into the Bundle); a batch: each entry
-  on its own.
-- the store failing: 503, nothing acknowledged.
+  (the first refused entry's answer, its issues pointing into the Bundle); an entry whose
+  conditional create matched is answered 200 and the others go on. A batch: each on its own.
+- the store failing: 503, nothing acknowledged. A version judged while another process (a
+  replay) moved the same appointment on is judged again (`StaleJudgement`).
 
-Every refused request is stored too (status rejected, the answer's status as its ACK code),
-so it can be seen and replayed; a conditional create that matched and a read store nothing.
+Every refused request is stored too (status rejected or error, the answer's status as its
+ACK code), so it can be seen and replayed; a conditional create that matched and a read
+store nothing.
 """
 
 from __future__ import annotations
@@ -37,13 +44,14 @@ from urllib.parse import parse_qsl
 
 from engine.config.model import EngineConfig, ListenerConfig
 from engine.fhir.outcome import Invalid, Issue, operation_outcome
+from engine.fhir.rest import FhirAnswer, fail
 from engine.pipeline.channel import ChannelOutcome, CompiledChannel
-from engine.runtime.appointments import CONFLICT_STEP, AppointmentGate, Judged, dump, key_of
+from engine.runtime.appointments import JUDGE_ATTEMPTS, AppointmentGate, Judged, dump, key_of
 from engine.runtime.clock import Clock
 from engine.runtime.dispatcher import Dispatcher
 from engine.runtime.intake import new_message, stored_result
 from engine.runtime.processing import Decoded, Rejection, decode_fhir, new_deliveries, route
-from engine.store.base import AppointmentRow, Ingest, Ingested, MessageStatus, Store
+from engine.store.base import AppointmentRow, Ingest, Ingested, StaleJudgement, Store
 
 log = logging.getLogger("engine.intake")
 
@@ -63,32 +71,32 @@ class FhirRequest:
     at: str = "Appointment"  # where issues point (Bundle.entry[2].resource in a Bundle)
 
 
-@dataclass(frozen=True)
-class FhirAnswer:
-    status: int
-    resource: dict[str, Any] | None = None  # the appointment as the engine holds it now
-    outcome: dict[str, Any] | None = None  # an OperationOutcome (errors)
-    id: str = ""
-    version: int = 0
-    last_modified: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status < 300
-
-
-def fail(status: int, code: str, diagnostics: str, *expression: str) -> FhirAnswer:
-    return FhirAnswer(status, outcome=operation_outcome([Issue("error", code, diagnostics,
-                                                                expression)]))
+def _refused(status: int, code: str, diagnostics: str, *expression: str) -> _Refused:
+    return _Refused(fail(status, code, diagnostics, *expression))
 
 
 @dataclass(frozen=True)
 class _Prepared:
-    request: FhirRequest
-    decoded: Decoded
+    """A request ready to commit."""
+
     judged: Judged
-    outcomes: list[ChannelOutcome]
     ingest: Ingest
+
+
+@dataclass(frozen=True)
+class _Matched:
+    """A conditional create that found its appointment: answered, nothing stored."""
+
+    answer: FhirAnswer
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """A refused request: the error to answer, and what to store for it (None: the request
+    as a plain rejected record)."""
+
+    answer: FhirAnswer
+    ingest: Ingest | None = None
 
 
 class FhirIntake:
@@ -127,175 +135,206 @@ class FhirIntake:
         """One create or update, committed on its own."""
         now = self._clock.now()
         decoded = decode_fhir(request.resource, request.raw, update=request.method == "PUT")
-        key = key_of(decoded)
-        try:
-            async with self._gate.hold(key):
-                prepared = await self._prepare(listener, request, decoded, now)
-                if isinstance(prepared, FhirAnswer):
-                    return await self._refused(listener, request.raw, decoded, prepared, now)
-                ingested = await self._store.ingest(prepared.ingest)
-        except Exception as exc:
-            return _not_stored(listener, exc)
-        return self._committed(prepared, ingested, now)
+        for attempt in range(1, JUDGE_ATTEMPTS + 1):
+            try:
+                async with self._gate.hold(key_of(decoded)):
+                    found = await self._prepare(listener, request, decoded, now)
+                    if isinstance(found, _Matched):
+                        return found.answer
+                    if isinstance(found, _Refused):
+                        return await self._store_refusal(listener, request.raw, found, now)
+                    ingested = await self._store.ingest(found.ingest)
+                    return self._committed(found, ingested)
+            except StaleJudgement as exc:  # another process moved the appointment on
+                if attempt == JUDGE_ATTEMPTS:
+                    return _not_stored(listener, exc)
+            except Exception as exc:
+                return _not_stored(listener, exc)
+        raise AssertionError("unreachable")  # the loop returns on its last attempt
 
     async def transaction(
         self, listener: ListenerConfig, raw: bytes, requests: list[FhirRequest]
     ) -> list[FhirAnswer] | FhirAnswer:
         """All entries or none: the answers in entry order, or the one failure."""
         now = self._clock.now()
-        decoded = [
-            decode_fhir(r.resource, r.raw, update=r.method == "PUT") for r in requests
-        ]
-        keys = [key_of(d) for d in decoded]
+        decoded = [decode_fhir(r.resource, r.raw, update=r.method == "PUT") for r in requests]
         seen: dict[str, int] = {}
-        for i, key in enumerate(keys):
+        for i, key in enumerate(key_of(d) for d in decoded):
             if key is not None and key in seen:
-                outcome = fail(400, "duplicate", "a transaction may change each appointment "
-                               f"once; entry {seen[key]} names the same one",
-                               f"Bundle.entry[{i}].resource.identifier")
-                return await self._refused(listener, raw, _bundle(raw), outcome, now)
+                duplicate = _refused(400, "duplicate", "a transaction may change each "
+                                     f"appointment once; entry {seen[key]} names the same one",
+                                     f"{requests[i].at}.identifier")
+                return await self._store_refusal(listener, raw, duplicate, now)
             if key is not None:
                 seen[key] = i
-        try:
-            async with AsyncExitStack() as stack:
-                for key in sorted(seen):  # one order for every holder: no deadlock
-                    await stack.enter_async_context(self._gate.hold(key))
-                prepared: list[_Prepared] = []
-                for request, one in zip(requests, decoded, strict=True):
-                    found = await self._prepare(listener, request, one, now)
-                    if isinstance(found, FhirAnswer):
-                        return await self._refused(listener, raw, _bundle(raw), found, now)
-                    prepared.append(found)
-                ingested = await self._store.ingest_all([p.ingest for p in prepared])
-        except Exception as exc:
-            return _not_stored(listener, exc)
-        return [self._committed(p, i, now) for p, i in zip(prepared, ingested, strict=True)]
+        for attempt in range(1, JUDGE_ATTEMPTS + 1):
+            try:
+                async with AsyncExitStack() as stack:
+                    for key in sorted(seen):  # one order for every holder: no deadlock
+                        await stack.enter_async_context(self._gate.hold(key))
+                    found = [await self._prepare(listener, r, d, now)
+                             for r, d in zip(requests, decoded, strict=True)]
+                    for one in found:
+                        if isinstance(one, _Refused):  # the whole Bundle fails with it
+                            return await self._store_refusal(
+                                listener, raw, _Refused(one.answer), now)
+                    ready = [one for one in found if isinstance(one, _Prepared)]
+                    ingested = iter(await self._store.ingest_all([p.ingest for p in ready]))
+                    return [
+                        one.answer if isinstance(one, _Matched)
+                        else self._committed(one, next(ingested))
+                        for one in found
+                        if not isinstance(one, _Refused)
+                    ]
+            except StaleJudgement as exc:
+                if attempt == JUDGE_ATTEMPTS:
+                    return _not_stored(listener, exc)
+            except Exception as exc:
+                return _not_stored(listener, exc)
+        raise AssertionError("unreachable")
 
     async def reject(self, listener: ListenerConfig, raw: bytes, invalid: Invalid) -> FhirAnswer:
         """A body that failed validation: stored as rejected, answered with its issues."""
-        answer = FhirAnswer(invalid.status, outcome=invalid.outcome())
-        return await self._refused(listener, raw, _bundle(raw), answer, self._clock.now())
+        refusal = _Refused(FhirAnswer(invalid.status, outcome=invalid.outcome()))
+        return await self._store_refusal(listener, raw, refusal, self._clock.now())
 
     # ------------------------------------------------------------------ steps
 
     async def _prepare(
         self, listener: ListenerConfig, request: FhirRequest, decoded: Decoded, now: float
-    ) -> _Prepared | FhirAnswer:
+    ) -> _Prepared | _Matched | _Refused:
         """Preconditions, judgement and channels for one request, held on its key."""
         at = request.at
         if decoded.appointment is None:
-            return fail(422, "required", "an identifier with a value is required",
-                        f"{at}.identifier")
+            return _refused(422, "required", "an identifier with a value is required",
+                            f"{at}.identifier")
         accepted = route(decoded, self.config.routes.get(listener.name, ()), self.channels)
         if isinstance(accepted, Rejection):
-            return fail(422, "not-supported", accepted.text, at)
+            return _refused(422, "not-supported", accepted.text, at)
         if request.method == "PUT":
             refused = await self._check_update(request, decoded)
             if refused is not None:
                 return refused
         elif request.if_none_exist is not None:
-            token = _identifier_token(request.if_none_exist)
-            if token is None:
-                return fail(400, "invalid",
-                            "If-None-Exist must be identifier=<system>|<value>")
-            existing = await self._store.appointment(token)
-            if existing is not None:
-                return _answer(200, existing)
+            found = await self._existing(request, decoded)
+            if found is not None:
+                return found
         judged, outcomes = await self._gate.process(
             decoded, accepted, now=now, control_id=next(self._control_ids), source_time=now
         )
         assert judged is not None  # decoded.appointment is set
-        refusals = [o for o in outcomes if o.status == "error" and o.error_step == CONFLICT_STEP]
-        if refusals:
-            issues = [Issue("error", "business-rule", w.text, (at,))
-                      for w in judged.assessment.warnings]
-            return FhirAnswer(422, outcome=operation_outcome(issues))
         failed = [o for o in outcomes if o.status == "error"]
-        code = "422" if failed and listener.ack != "commit" else (
-            "201" if judged.known is None else "200")
-        status: MessageStatus = "error" if failed else "processed"
+        if judged.refused:
+            issues = [Issue("error", "business-rule", text, (at,)) for text in judged.reasons()]
+            return self._refusal(listener, request, decoded, now, judged, outcomes, issues)
+        if failed and listener.ack != "commit":
+            # Like an AE: stored with the channels' errors, nothing sent, not the state.
+            issues = [Issue("error", "processing", f"channel {o.channel}: {o.error}", (at,))
+                      for o in failed]
+            return self._refusal(listener, request, decoded, now, judged, outcomes, issues)
+        code = "201" if judged.known is None else "200"
         ingest = Ingest(
-            new_message(listener.name, request.raw, decoded, now, status, code, b""),
+            new_message(listener.name, request.raw, decoded, now,
+                        "error" if failed else "processed", code, b""),
             tuple(stored_result(o) for o in outcomes),
             new_deliveries(outcomes, now),
             appointment=judged.version(),
         )
-        return _Prepared(request, decoded, judged, outcomes, ingest)
+        return _Prepared(judged, ingest)
 
-    async def _check_update(self, request: FhirRequest, decoded: Decoded) -> FhirAnswer | None:
+    def _refusal(
+        self,
+        listener: ListenerConfig,
+        request: FhirRequest,
+        decoded: Decoded,
+        now: float,
+        judged: Judged,
+        outcomes: list[ChannelOutcome],
+        issues: list[Issue],
+    ) -> _Refused:
+        """A 422 after the channels ran: the request, the channels' results and the refused
+        version are stored (so `engine show` tells why), nothing is queued."""
+        outcome = operation_outcome(issues)
+        row = new_message(listener.name, request.raw, decoded, now, "error", "422", dump(outcome),
+                          error="; ".join(i.diagnostics for i in issues))
+        ingest = Ingest(row, tuple(stored_result(o) for o in outcomes),
+                        appointment=judged.version(rejected=True))
+        return _Refused(FhirAnswer(422, outcome=outcome), ingest)
+
+    async def _existing(self, request: FhirRequest, decoded: Decoded) -> _Matched | _Refused | None:
+        """`If-None-Exist: identifier=<system>|<value>`: the appointment it names, if known.
+        It names one by its booking identifier, or by any identifier the posted resource
+        carries (then it is the posted appointment, if the engine holds it with that
+        identifier). Keys are unique, so one matches at most."""
+        token = _identifier_token(request.if_none_exist or "")
+        if token is None:
+            return _refused(400, "invalid", "If-None-Exist must be identifier=<system>|<value>",
+                            request.at)
+        keys = [token]
+        if token in _tokens(request.resource):
+            keys.insert(0, key_of(decoded) or token)
+        for key in dict.fromkeys(keys):
+            row = await self._store.appointment(key)
+            if row is not None and token in _tokens(json.loads(row.resource)):
+                return _Matched(_answer(200, row))
+        return None
+
+    async def _check_update(self, request: FhirRequest, decoded: Decoded) -> _Refused | None:
         at = request.at
         body_id = request.resource.get("id")
         if body_id is not None and body_id != request.target:
-            return fail(400, "invalid", "the resource id differs from the id in the URL",
-                        f"{at}.id")
+            return _refused(400, "invalid", "the resource id differs from the id in the URL",
+                            f"{at}.id")
         target = await self._store.appointment_by_id(request.target or "")
         if target is None:
-            return fail(404, "not-found", "no Appointment with this id (create it with POST)")
-        if decoded.appointment is not None and key_of(decoded) != target.key:
-            return fail(422, "business-rule", "the identifier names another appointment than "
-                        "the one at this id", f"{at}.identifier")
+            return _refused(404, "not-found", "no Appointment with this id (create it with POST)",
+                            at)
+        if key_of(decoded) != target.key:
+            return _refused(422, "business-rule", "the identifier names another appointment "
+                            "than the one at this id", f"{at}.identifier")
         if request.if_match is not None:
             match = _WEAK_ETAG.match(request.if_match)
             if match is None or int(match.group(1)) != target.version:
-                return fail(412, "conflict", "If-Match does not name the current version "
-                            f"({target.version})")
+                return _refused(412, "conflict", "If-Match does not name the current version "
+                                f"({target.version})", at)
         return None
 
-    def _committed(self, prepared: _Prepared, ingested: Ingested, now: float) -> FhirAnswer:
+    def _committed(self, prepared: _Prepared, ingested: Ingested) -> FhirAnswer:
         judged = prepared.judged
         judged.alert(ingested.message_id)
         self._dispatcher.enqueue(
             ingested.message_id, ingested.delivery_ids, prepared.ingest.deliveries
         )
-        failed = [o for o in prepared.outcomes if o.status == "error"]
-        code = prepared.ingest.message.ack_code
-        if code == "422":
-            issues = [Issue("error", "processing", f"channel {o.channel}: {o.error}",
-                            (prepared.request.at,)) for o in failed]
-            return FhirAnswer(422, outcome=operation_outcome(issues))
         if judged.context.disposition == "current":
             resource = judged.context.resource
-            updated = now
+            updated = prepared.ingest.message.received_at
         else:  # unchanged, or stale: the state the engine holds is the one before
             assert judged.known is not None
             resource = json.loads(judged.known.resource)
             updated = judged.known.updated_at
         return FhirAnswer(
-            int(code),
+            int(prepared.ingest.message.ack_code),
             resource=resource,
             id=ingested.appointment_id or "",
             version=ingested.appointment_version or 0,
             last_modified=updated,
         )
 
-    async def _refused(
-        self,
-        listener: ListenerConfig,
-        raw: bytes,
-        decoded: Decoded,
-        answer: FhirAnswer,
-        now: float,
+    async def _store_refusal(
+        self, listener: ListenerConfig, raw: bytes, refusal: _Refused, now: float
     ) -> FhirAnswer:
-        """Store a refused request (not a 200 that changed nothing) and return the answer."""
-        if answer.ok:
-            return answer
-        outcome = answer.outcome or {}
-        texts = [i.get("diagnostics", "") for i in outcome.get("issue", ())]
+        """Store a refused request and return its answer; a store failure is a 503."""
+        answer = refusal.answer
+        ingest = refusal.ingest
+        if ingest is None:
+            outcome = answer.outcome or {}
+            texts = [i.get("diagnostics", "") for i in outcome.get("issue", ())]
+            row = new_message(listener.name, raw, _unkeyed(raw), now, "rejected",
+                              str(answer.status), dump(outcome),
+                              error="; ".join(t for t in texts if t))
+            ingest = Ingest(row)
         try:
-            await self._store.ingest(
-                Ingest(
-                    new_message(
-                        listener.name,
-                        raw,
-                        decoded,
-                        now,
-                        "rejected",
-                        str(answer.status),
-                        dump(outcome),
-                        error="; ".join(t for t in texts if t),
-                    )
-                )
-            )
+            await self._store.ingest(ingest)
         except Exception as exc:
             return _not_stored(listener, exc)
         return answer
@@ -311,11 +350,19 @@ def _answer(status: int, row: AppointmentRow) -> FhirAnswer:
     )
 
 
-def _bundle(raw: bytes) -> Decoded:
-    """A request stored as refused: no keys (it may not even be JSON)."""
-    return replace(
-        decode_fhir({}, raw), content_type="application/fhir+json", appointment=None
-    )
+def _unkeyed(raw: bytes) -> Decoded:
+    """A refused request as stored: no keys (it may not even be JSON)."""
+    return replace(decode_fhir({}, raw), appointment=None)
+
+
+def _tokens(resource: dict[str, Any]) -> set[str]:
+    """"system|value" of every identifier of an Appointment."""
+    identifiers = resource.get("identifier")
+    return {
+        f"{i.get('system') or ''}|{i['value']}"
+        for i in (identifiers if isinstance(identifiers, list) else ())
+        if isinstance(i, dict) and isinstance(i.get("value"), str)
+    }
 
 
 def _identifier_token(header: str) -> str | None:

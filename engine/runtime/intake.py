@@ -27,7 +27,7 @@ from engine.destinations.base import Outcome, Reject, Sent
 from engine.pipeline.channel import ChannelOutcome, CompiledChannel
 from engine.protocol.ack import AckError, build_ack
 from engine.protocol.er7 import Header, parse_path
-from engine.runtime.appointments import AppointmentGate, Judged, key_of
+from engine.runtime.appointments import JUDGE_ATTEMPTS, AppointmentGate, Judged, key_of
 from engine.runtime.clock import Clock
 from engine.runtime.dispatcher import Dispatcher
 from engine.runtime.processing import (
@@ -44,6 +44,7 @@ from engine.store.base import (
     MessageStatus,
     NewChannelResult,
     NewMessage,
+    StaleJudgement,
     Store,
 )
 
@@ -167,13 +168,18 @@ class Intake:
                     return hit.ack
         # One version of an appointment at a time, from the state read to its commit.
         async with self.gate.hold(key_of(decoded)):
-            try:
-                judged, outcomes = await self.gate.process(
-                    decoded, accepted, now=now, control_id=next(self.control_ids)
-                )
-            except Exception as exc:  # the state could not be read: nothing is stored
-                return self._not_stored(listener, decoded, exc)
-            committed = await self._commit(listener, data, decoded, outcomes, now, judged)
+            for attempt in range(1, JUDGE_ATTEMPTS + 1):
+                try:
+                    judged, outcomes = await self.gate.process(
+                        decoded, accepted, now=now, control_id=next(self.control_ids)
+                    )
+                    committed = await self._commit(listener, data, decoded, outcomes, now, judged)
+                    break
+                except StaleJudgement as exc:  # another process moved the appointment on
+                    if attempt == JUDGE_ATTEMPTS:
+                        return self._not_stored(listener, decoded, exc)
+                except Exception as exc:  # the state could not be read: nothing is stored
+                    return self._not_stored(listener, decoded, exc)
         if isinstance(committed, bytes):
             return committed
         return await committed
@@ -214,9 +220,11 @@ class Intake:
                     ),
                     tuple(stored_result(o) for o in outcomes),
                     deliveries,
-                    appointment=judged.version() if judged else None,
+                    appointment=judged.version(rejected=code != "AA") if judged else None,
                 )
             )
+        except StaleJudgement:
+            raise  # judged again by the caller
         except Exception as exc:
             return self._not_stored(listener, decoded, exc)
         if judged is not None:

@@ -83,7 +83,7 @@ def decode_fhir(
         keys,
         resource=resource,
         appointment=canonical.from_fhir(resource),
-        source_time=canonical.fhir_source_time(resource),
+        # No source time: meta.lastUpdated belongs to the server; intake and replay say when.
         expects_existing=update,
         content_type=FHIR_JSON,
     )

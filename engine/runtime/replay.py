@@ -23,7 +23,7 @@ from engine.fhir.outcome import Invalid
 from engine.fhir.validation import parse_appointment
 from engine.pipeline.channel import ChannelOutcome, CompiledChannel
 from engine.pipeline.documents import FHIR_JSON
-from engine.runtime.appointments import AppointmentGate, Judged, key_of
+from engine.runtime.appointments import JUDGE_ATTEMPTS, AppointmentGate, Judged, key_of
 from engine.runtime.clock import Clock
 from engine.runtime.intake import id_sequence, new_message, stored_result
 from engine.runtime.processing import (
@@ -34,7 +34,7 @@ from engine.runtime.processing import (
     new_deliveries,
     route,
 )
-from engine.store.base import Ingest, MessageDetail, MessageStatus, Store
+from engine.store.base import Ingest, MessageDetail, MessageStatus, StaleJudgement, Store
 
 
 @dataclass
@@ -105,6 +105,22 @@ class Replayer:
             plan.rejection = f"a duplicate of message {detail.message.duplicate_of}; not replayed"
             return plan
         decoded = self._decode(detail)
+        for attempt in range(1, JUDGE_ATTEMPTS + 1):
+            try:
+                return await self._judged(plan, detail, decoded, to, dry_run)
+            except StaleJudgement:  # the running engine moved the appointment on meanwhile
+                if attempt == JUDGE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _judged(
+        self,
+        plan: ReplayPlan,
+        detail: MessageDetail,
+        decoded: Decoded,
+        to: str | None,
+        dry_run: bool,
+    ) -> ReplayPlan:
         async with self._gate.hold(key_of(decoded)):
             judged = await self._run(plan, detail, decoded, to)
             if dry_run:
@@ -119,7 +135,7 @@ class Replayer:
             )
             ingested = await self._store.ingest(
                 Ingest(
-                    replace(row, replay_of=message_id),
+                    replace(row, replay_of=detail.message.id),
                     tuple(stored_result(o) for o in plan.outcomes),
                     new_deliveries(plan.outcomes, now),
                     claimed=False,

@@ -115,6 +115,15 @@ class NewAppointmentVersion:
     # unknown key; ignored otherwise: an appointment keeps its id for life). None: the store
     # makes one (16 random hex digits).
     new_id: str | None = None
+    # The current version this one was judged against (0: judged as unknown); when set, a
+    # `current` version whose appointment moved on since is refused with `StaleJudgement`
+    # (another process committed in between), so state never goes back. None: not checked.
+    base_version: int | None = None
+
+
+class StaleJudgement(Exception):
+    """A `current` version was judged against a version of its appointment that is no longer
+    the current one: nothing was written; judge it again."""
 
 
 @dataclass(frozen=True)

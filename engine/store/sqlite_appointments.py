@@ -30,6 +30,7 @@ from engine.store.base import (
     AppointmentVersionRow,
     AppointmentWarning,
     NewAppointmentVersion,
+    StaleJudgement,
 )
 
 _DISPOSITIONS: Final = frozenset(get_args(AppointmentDisposition))
@@ -96,6 +97,11 @@ def check(version: NewAppointmentVersion) -> None:
         for w in v.warnings
     ):
         _invalid("warnings must be a tuple of AppointmentWarning with string fields")
+    if v.base_version is not None and (
+        not isinstance(v.base_version, int) or isinstance(v.base_version, bool)
+        or v.base_version < 0
+    ):
+        _invalid("base_version must be a version number (0: none), or None")
     if v.new_id is not None and (
         not isinstance(v.new_id, str) or _FHIR_ID.fullmatch(v.new_id) is None
     ):
@@ -120,6 +126,10 @@ def record(
     appointment's id and current version afterwards ((None, None): still unknown)."""
     row = cur.execute(_CURRENT, (v.key,)).fetchone()
     number: int | None = None
+    judged_against = v.base_version
+    if v.disposition == "current" and judged_against is not None \
+            and judged_against != (row[1] if row is not None else 0):
+        raise StaleJudgement(f"appointment moved on since version {v.base_version}")
     if v.disposition != "current":
         ident, current = (row[0], row[1]) if row is not None else (None, None)
     elif row is None:

@@ -1,31 +1,72 @@
-"""Support for the CLI tests: a copy of the shipped example with free ports and fast
-retries, the engine and the fake EHR as subprocesses, and `engine ...` run as a command."""
+"""Support for the CLI tests: a copy of the shipped example with free ports, fast retries and
+the environment it needs, `engine run` as a subprocess, and `engine ...` run as a command.
+The example's destinations (fake EHR, FHIR server, webhook receiver) are in `cli_fakes`.
+
+The rule kept: every `engine` subprocess of a Site runs with the Site's environment (its
+WEBHOOK_SECRET and the two destination URLs), and nothing from the developer's own shell
+decides where the example delivers.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
+import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import PROJECT, eventually, free_port, listening
+from tests.integration.conftest import PROJECT, eventually, listening
 
 ENGINE = (sys.executable, "-m", "engine")
 CHANNEL = "channels/siu-to-clinic-ehr.yaml"
+FHIR_CHANNEL = "channels/siu-to-fhir.yaml"
+BOOKINGS_CHANNEL = "channels/fhir-to-siu.yaml"
+EVENTS_CHANNEL = "channels/appointment-events.yaml"
 FAST_RETRY = "retry: {attempts: 2, backoff: exponential, first: 50ms, max: 200ms}"
 NEW_PATIENT = "samples/siu_s12_new_patient.hl7"
 PIPE = asyncio.subprocess.PIPE
+# The variables the example's channels read; a developer's own values must not leak in.
+EXAMPLE_VARIABLES = ("WEBHOOK_SECRET", "FHIR_BASE_URL", "NOTIFICATIONS_URL")
 # As an operator's shell runs them: with stdout block-buffered when it is a pipe, so a command
 # that forgets to flush (or to handle a closed pipe at exit) shows here.
-CLI_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+CLI_ENV = {
+    k: v for k, v in os.environ.items()
+    if k != "PYTHONUNBUFFERED" and k not in EXAMPLE_VARIABLES
+}
+
+
+def webhook_secret() -> str:
+    """A fresh secret, made the way `make run` makes one (not by the engine's own code)."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def example_env(**values: str) -> dict[str, str]:
+    """What a user's shell holds for the example: a WEBHOOK_SECRET (as `make run` sets) and
+    any of the other example variables given."""
+    return {**CLI_ENV, "WEBHOOK_SECRET": webhook_secret(), **values}
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free now: all are held bound until every one is chosen."""
+    held = [socket.socket() for _ in range(count)]
+    try:
+        for sock in held:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def field(data: bytes, segment: str, number: int, component: int = 1) -> str:
@@ -60,9 +101,15 @@ class Result:
         return json.loads(self.out)
 
 
-async def engine(*args: str, cwd: Path, stdout: int = PIPE, timeout: float = 60.0) -> Result:
+async def engine(
+    *args: str,
+    cwd: Path,
+    stdout: int = PIPE,
+    timeout: float = 60.0,
+    env: Mapping[str, str] = CLI_ENV,
+) -> Result:
     proc = await asyncio.create_subprocess_exec(
-        *ENGINE, *args, cwd=cwd, stdout=stdout, stderr=PIPE, env=CLI_ENV
+        *ENGINE, *args, cwd=cwd, stdout=stdout, stderr=PIPE, env=dict(env)
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -82,17 +129,38 @@ def patch(path: Path, old: str, new: str) -> None:
     path.write_text(patched)
 
 
+def expect(path: Path, pattern: str) -> None:
+    """`pattern` (a regex) is in the file: the example still reads what the Site provides."""
+    assert re.search(pattern, path.read_text()), f"expected '{pattern}' in {path}"
+
+
 @dataclass
 class Site:
-    """A copy of the example configuration, its ports, and the commands run on it."""
+    """A copy of the example configuration, its ports and environment, and the commands run
+    on it. `listen` is the SIU feed's MLLP port, `http` the booking API's; both MLLP channels
+    deliver to the fake EHR on `ehr_port`, the FHIR channel to a FHIR server on `fhir_port`,
+    the events to a webhook receiver on `webhooks_port`."""
 
     root: Path
     listen: int
+    http: int
     ehr_port: int
+    fhir_port: int
+    webhooks_port: int
+    env: dict[str, str] = dataclass_field(repr=False)
 
     @property
     def routes(self) -> Path:
         return self.root / "routes.yaml"
+
+    @property
+    def secret(self) -> str:
+        return self.env["WEBHOOK_SECRET"]
+
+    @property
+    def fhir_api(self) -> str:
+        """The engine's own FHIR endpoint (the booking API listener)."""
+        return f"http://127.0.0.1:{self.http}/fhir"
 
     async def cli(
         self, command: str, *args: str, stdout: int = PIPE, timeout: float = 60.0
@@ -105,6 +173,7 @@ class Site:
             cwd=self.root,
             stdout=stdout,
             timeout=timeout,
+            env=self.env,
         )
 
     async def send(self, *files: str) -> Result:
@@ -144,20 +213,26 @@ def example_copy(root: Path, retry: str = FAST_RETRY) -> Site:
     for name in ("channels", "transforms", "samples"):
         shutil.copytree(PROJECT / name, root / name)
     shutil.copy(PROJECT / "routes.yaml", root / "routes.yaml")
-    listen = free_port()
-    ehr_port = free_port()
-    while ehr_port == listen:
-        ehr_port = free_port()
+    listen, http, ehr_port, fhir_port, webhooks_port = free_ports(5)
     patch(root / "routes.yaml", r"\bport: 2575\b", f"port: {listen}")
-    patch(root / CHANNEL, r"\bport: 6661\b", f"port: {ehr_port}")
+    patch(root / "routes.yaml", r"\bport: 8080\b", f"port: {http}")
+    for channel in (CHANNEL, BOOKINGS_CHANNEL):  # one clinic EHR takes both MLLP feeds
+        patch(root / channel, r"\bport: 6661\b", f"port: {ehr_port}")
     patch(root / CHANNEL, r"retry: \{[^}]*\}", retry)
-    return Site(root, listen, ehr_port)
+    expect(root / FHIR_CHANNEL, r"\$\{FHIR_BASE_URL:-[^}]*\}")
+    expect(root / EVENTS_CHANNEL, r"\$\{NOTIFICATIONS_URL:-[^}]*\}")
+    expect(root / EVENTS_CHANNEL, r"secret: \$\{WEBHOOK_SECRET\}")
+    env = example_env(
+        FHIR_BASE_URL=f"http://127.0.0.1:{fhir_port}/fhir",
+        NOTIFICATIONS_URL=f"http://127.0.0.1:{webhooks_port}/hooks/appointments",
+    )
+    return Site(root, listen, http, ehr_port, fhir_port, webhooks_port, env)
 
 
 @asynccontextmanager
 async def engine_running(site: Site) -> AsyncIterator[Path]:
-    """`engine run` as a subprocess; yields its log file. Stopped with SIGTERM, which must
-    end it cleanly (exit 0)."""
+    """`engine run` as a subprocess; yields its log file once both listeners accept
+    connections. Stopped with SIGTERM, which must end it cleanly (exit 0)."""
     log = site.root / "engine.log"
     with log.open("wb") as sink:
         proc = await asyncio.create_subprocess_exec(
@@ -170,12 +245,12 @@ async def engine_running(site: Site) -> AsyncIterator[Path]:
             cwd=site.root,
             stdout=sink,
             stderr=sink,
-            env=CLI_ENV,
+            env=site.env,
         )
 
     async def up() -> bool:
         assert proc.returncode is None, f"the engine exited:\n{log.read_text()}"
-        return listening(site.listen)
+        return listening(site.listen) and listening(site.http)
 
     async def stop() -> int:
         if proc.returncode is None:
@@ -183,69 +258,13 @@ async def engine_running(site: Site) -> AsyncIterator[Path]:
         return await asyncio.wait_for(proc.wait(), 30)
 
     try:
-        await eventually(up, timeout=30, what="the engine's listener")
+        await eventually(up, timeout=30, what="the engine's listeners")
         yield log
     except BaseException:
         await stop()
         raise
     assert await stop() == 0, log.read_text()
     assert "Traceback" not in log.read_text()
-
-
-class EhrProcess:
-    """`engine fake-ehr` as a subprocess; follows its output to see what it received."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.control_ids: list[str] = []
-
-    async def line(self) -> str:
-        assert self.proc.stdout is not None
-        raw = await self.proc.stdout.readline()
-        assert raw, "the fake EHR exited"
-        return raw.decode()
-
-    async def wait_for(self, count: int, timeout: float = 20.0) -> list[str]:
-        """Control ids of the first `count` messages received, in arrival order."""
-        try:
-            async with asyncio.timeout(timeout):
-                while len(self.control_ids) < count:
-                    found = re.match(r"control id (\S+)  type ", await self.line())
-                    if found:
-                        self.control_ids.append(found[1])
-        except TimeoutError:
-            raise AssertionError(
-                f"the fake EHR printed {len(self.control_ids)} of {count} messages "
-                f"within {timeout:g} s"
-            ) from None
-        return self.control_ids[:count]
-
-
-@asynccontextmanager
-async def fake_ehr_process(site: Site) -> AsyncIterator[EhrProcess]:
-    proc = await asyncio.create_subprocess_exec(
-        *ENGINE,
-        "fake-ehr",
-        "--port",
-        str(site.ehr_port),
-        cwd=site.root,
-        stdout=PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env=CLI_ENV,
-    )
-    ehr = EhrProcess(proc)
-    try:
-        try:
-            first = await asyncio.wait_for(ehr.line(), 30)
-        except TimeoutError:
-            raise AssertionError("the fake EHR printed nothing (is its output flushed?)") from None
-        assert first.startswith(f"fake EHR listening on 127.0.0.1:{site.ehr_port}"), first
-        yield ehr
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGINT)  # Ctrl-C, as in the README tour
-        await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 130
 
 
 def sample_paths(site: Site) -> list[str]:
@@ -287,19 +306,23 @@ async def no_stdout_reader(site: Site, command: str, *args: str) -> Result:
 
 
 def break_config(site: Site) -> list[tuple[str, str]]:
-    """An unknown key and a missing table; returns (file:line:column, message start) of each."""
+    """An unknown key in the SIU channel and a missing table (providers, which every channel
+    mapping AIP-3.1 reads); returns (file:line:column, message start) of each problem."""
     path = site.root / CHANNEL
     text = path.read_text()
     text += "" if text.endswith("\n") else "\n"
     lines = text.splitlines()
     path.write_text(text + "colour: blue\n")
     (site.root / "transforms/tables/providers.yaml").unlink()
-    row = next(i for i, line in enumerate(lines) if "table: providers" in line)
-    table_at = f"{CHANNEL}:{row + 1}:{lines[row].index('providers') + 1}"
-    return [
-        (table_at, "table 'providers' does not exist"),
-        (f"{CHANNEL}:{len(lines) + 1}:1", "unknown key 'colour' (expected one of: "),
+    missing = [
+        (f"channels/{channel.name}:{row + 1}:{line.index('providers') + 1}",
+         "table 'providers' does not exist")
+        for channel in sorted((site.root / "channels").glob("*.yaml"))
+        for row, line in enumerate(channel.read_text().splitlines())
+        if re.search(r"\btable: providers\b", line)
     ]
+    assert any(where.startswith(f"{CHANNEL}:") for where, _ in missing), missing
+    return [*missing, (f"{CHANNEL}:{len(lines) + 1}:1", "unknown key 'colour' (expected one of: ")]
 
 
 def plural(n: int, noun: str) -> str:

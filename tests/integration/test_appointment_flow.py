@@ -283,12 +283,15 @@ async def test_conflicts_are_refused_under_reject(world: World) -> None:
     acks += await world.send("siu_s12_new_patient.hl7", **other)
     assert ack_code(acks[0]) == "AA" and ack_code(acks[1]) == "AE"
     (err,) = segment(acks[1], "ERR")
-    assert "appointment conflict" in err and "overlaps" in err
+    assert "appointment conflict" in err and "already booked" in err
+    assert "APT1001" not in err  # the other booking is not named to the sender
     assert await world.engine.store.appointment("urn:engine:v2-namespace:EPIC|APT2002") is None
     (refused,) = await world.engine.store.search(MessageFilter(control_id="MSG-DB2"))
-    assert "FLAGGED double-booking" in await shown(world.engine, refused.id)
+    text = await shown(world.engine, refused.id)
+    assert "FLAGGED double-booking" in text and APT1001 in text  # the operator sees which
 
-    # The same provider and time booked through the FHIR API: 422 with the reason.
+    # The same provider and time booked through the FHIR API: 422 with the reason, nothing
+    # queued, not the state, and listed with the flagged ones.
     clash = appointment(
         start="2025-03-17T10:30:00Z",
         end="2025-03-17T11:00:00Z",
@@ -298,10 +301,16 @@ async def test_conflicts_are_refused_under_reject(world: World) -> None:
              "status": "accepted"},
         ],
     )
+    before = len(await world.engine.store.deliveries())
     status, _, outcome = await world.api.post("/Appointment", clash)
     assert status == 422
-    assert outcome["issue"][0]["code"] == "business-rule"
-    assert "overlaps" in outcome["issue"][0]["diagnostics"]
+    (issue,) = outcome["issue"]
+    assert issue["code"] == "business-rule" and "already booked" in issue["diagnostics"]
+    assert "APT1001" not in json.dumps(outcome)
+    assert await world.engine.store.appointment("urn:booking-portal:appointments|WEB2001") is None
+    assert len(await world.engine.store.deliveries()) == before
+    flagged = await world.engine.store.search(MessageFilter(flagged=True))
+    assert {r.keys.message_type for r in flagged} == {"SIU^S12", "Appointment"}
 
 
 async def test_a_delivery_that_gives_up_raises_sync_failed(world: World) -> None:

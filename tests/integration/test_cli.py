@@ -1,7 +1,8 @@
 """The `engine` command line end to end, as an operator runs it: every command is a real
 subprocess (`python -m engine ...`) on a copy of the shipped example configuration in
-tmp_path (free ports, fast retries), with the engine itself running as `engine run`, a real
-SQLite store, and a fake EHR (`engine fake-ehr` or the in-process FakeEhr).
+tmp_path (free ports, fast retries, a fresh WEBHOOK_SECRET), with the engine itself running as
+`engine run`, a real SQLite store, and every destination of the example up: `engine fake-ehr`,
+`engine fake-fhir` and `engine fake-webhooks`, or the test kit's fakes in process.
 
 Each test starts at most one engine. Nothing sleeps in place of synchronisation: tests wait
 for a line from a process, for the fake EHR's condition, or poll a store query with a timeout.
@@ -12,9 +13,11 @@ not from the engine's parser.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +26,13 @@ import pytest
 import yaml
 
 from engine.testing.fake_ehr import FakeEhr
+from engine.testing.webhook_receiver import WebhookReceiver
+from tests.integration.cli_fakes import Fakes, Received, fakes_running, http_fakes_in_process
 from tests.integration.cli_support import (
     CHANNEL,
     CLI_ENV,
     ENGINE,
+    EVENTS_CHANNEL,
     NEW_PATIENT,
     Result,
     Site,
@@ -35,7 +41,7 @@ from tests.integration.cli_support import (
     engine,
     engine_running,
     example_copy,
-    fake_ehr_process,
+    example_env,
     field,
     no_stdout_reader,
     patch,
@@ -52,13 +58,25 @@ async def test_check_accepts_the_shipped_example() -> None:
     channels = list((PROJECT / "channels").glob("*.yaml"))
     tables = list((PROJECT / "transforms/tables").glob("*.yaml"))
     tests = sum(len(yaml.safe_load(c.read_text()).get("tests", [])) for c in channels)
-    result = await engine("check", cwd=PROJECT)  # ./routes.yaml by default
+    # ./routes.yaml by default, with WEBHOOK_SECRET set as `make run` sets it
+    result = await engine("check", cwd=PROJECT, env=example_env())
     assert result.code == 0, result
     summary = ", ".join(
         [plural(len(routes["listeners"]), "listener"), plural(len(channels), "channel"),
          plural(len(tables), "table"), plural(tests, "channel test")]
     )
     assert re.fullmatch(f"ok: {summary}\n", result.out), result.out
+
+
+async def test_check_names_an_unset_webhook_secret_once() -> None:
+    """The example needs WEBHOOK_SECRET; without it `engine check` says so, once, where the
+    secret is written (and not also that the unresolved text is no whsec_ secret)."""
+    lines = (PROJECT / EVENTS_CHANNEL).read_text().splitlines()
+    (row,) = [i for i, line in enumerate(lines) if "${WEBHOOK_SECRET}" in line]
+    where = f"{EVENTS_CHANNEL}:{row + 1}:{lines[row].index('${WEBHOOK_SECRET}') + 1}"
+    result = await engine("check", cwd=PROJECT, env=CLI_ENV)  # CLI_ENV has no WEBHOOK_SECRET
+    assert (result.code, result.err) == (1, ""), result
+    assert result.lines == [f"{where}: environment variable WEBHOOK_SECRET is not set"]
 
 
 async def test_check_prints_each_problem_as_file_line_column(tmp_path: Path) -> None:
@@ -86,30 +104,45 @@ async def test_run_refuses_a_broken_configuration_before_opening_anything(
     assert "Traceback" not in result.err
     assert "MLLP on" not in result.err  # the listener's start-up line: it never opened
     assert not (site.root / "data").exists()  # nor the store
-    assert not listening(site.listen)
+    assert not listening(site.listen) and not listening(site.http)
 
 
-@pytest.mark.parametrize("command", ["run", "fake-ehr"])
+@pytest.mark.parametrize("taken", ["mllp", "http", "fake-ehr"])
 async def test_a_port_in_use_is_a_clear_error_not_a_traceback(
-    tmp_path: Path, command: str
+    tmp_path: Path, taken: str
 ) -> None:
     site = example_copy(tmp_path)
-    port = site.listen if command == "run" else site.ehr_port
+    command = "fake-ehr" if taken == "fake-ehr" else "run"
+    port = {"mllp": site.listen, "http": site.http, "fake-ehr": site.ehr_port}[taken]
     args = ("--port", str(port)) if command == "fake-ehr" else ()
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", port))
         holder.listen()
         result = await site.cli(command, *args, timeout=30)
     assert result.code == 2, result
-    assert result.err.startswith("engine: cannot start") and "in use" in result.err, result.err
+    # The MLLP listener opens first: with the HTTP port taken its start-up line comes first.
+    last = result.err.splitlines()[-1]
+    assert last.startswith("engine: cannot start") and "in use" in last, result.err
+    assert taken == "http" or result.err.startswith("engine: cannot start"), result.err
     assert "Traceback" not in result.err
 
 
+def channel_tests(root: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(channel, test) of every channel's `tests:`, in the order `engine test` runs them:
+    channels by name, each channel's tests as written."""
+    return [
+        (path.stem, test)
+        for path in sorted((root / "channels").glob("*.yaml"))
+        for test in yaml.safe_load(path.read_text()).get("tests", [])
+    ]
+
+
 async def test_channel_tests_of_the_example_pass() -> None:
-    tests = yaml.safe_load((PROJECT / CHANNEL).read_text())["tests"]
-    result = await engine("test", cwd=PROJECT)
+    tests = channel_tests(PROJECT)
+    assert {name for name, _ in tests} >= {"siu-to-clinic-ehr", "siu-to-fhir", "fhir-to-siu"}
+    result = await engine("test", cwd=PROJECT, env=example_env())
     assert result.code == 0, result
-    assert result.lines == [f"PASS siu-to-clinic-ehr: {t['name']}" for t in tests] + [
+    assert result.lines == [f"PASS {name}: {t['name']}" for name, t in tests] + [
         f"{len(tests)} passed, 0 failed"
     ]
 
@@ -131,22 +164,82 @@ async def test_a_channel_test_expecting_a_wrong_value_fails_naming_the_mismatch(
     assert result.lines[fail_at + 1] == (
         f"  {where}: clinic-ehr SCH-7.1: expected 'FOLLOWUP_45', got 'FOLLOWUP_30'"
     )
-    passed = [f"PASS siu-to-clinic-ehr: {t['name']}" for t in tests if t is not wrong]
+    every = channel_tests(site.root)  # the other channels' tests still pass
+    passed = [f"PASS {name}: {t['name']}" for name, t in every if t != wrong]
+    assert len(passed) == len(every) - 1
     assert [line for line in result.lines if line.startswith("PASS")] == passed
-    assert result.lines[-1] == f"{len(tests) - 1} passed, 1 failed"
+    assert result.lines[-1] == f"{len(every) - 1} passed, 1 failed"
+
+
+# Every SIU sample goes to the clinic EHR and the archive (siu-to-clinic-ehr) and, as its
+# appointment's current state, to the FHIR server (siu-to-fhir); appointment-events adds
+# `notifications` when it announces something (see `announced`).
+SIU_DESTINATIONS = frozenset({"clinic-ehr", "archive", "fhir-server"})
+DELIVERY = re.compile(r"\b([a-z][\w-]*):(queued|in_flight|sent|failed|discarded)\b")
+
+
+def msh_time(data: bytes) -> datetime:
+    return datetime.strptime(field(data, "MSH", 7), "%Y%m%d%H%M%S%z")
+
+
+def announced(site: Site, paths: list[str]) -> dict[str, str | None]:
+    """Control id -> the event appointment-events sends for each SIU sample when they are sent
+    in this order (None: no event). Each sample must be newer (MSH-7) than the one before it
+    for its appointment, so every one becomes the current state (none is `stale`); then the
+    event follows the trigger: a first S12 is created, a later one or an S13/S14 updated, S15
+    cancelled, S26 no_show, and an S17 cancelled unless the engine never saw (so never
+    announced) that appointment."""
+    last: dict[str, datetime] = {}
+    events: dict[str, str | None] = {}
+    for path in paths:
+        data = read(site, path)
+        appointment, trigger, when = field(data, "SCH", 1), field(data, "MSH", 9, 2), msh_time(data)
+        first = appointment not in last
+        assert first or when > last[appointment], f"{path} is older than {appointment}'s last"
+        last[appointment] = when
+        events[control_id(data)] = {
+            "S15": "appointment.cancelled",
+            "S26": "appointment.no_show",
+            "S17": None if first else "appointment.cancelled",
+        }.get(trigger, "appointment.created" if first else "appointment.updated")
+    return events
+
+
+async def check_fakes_got(
+    site: Site, fakes: Fakes, samples: list[str], events: dict[str, str | None]
+) -> None:
+    """After every delivery of `samples` is sent: one conditional update per sample on the
+    FHIR server (201 for a new appointment, 200 after), and each announced event accepted by
+    the webhook receiver with the signature the engine made with $WEBHOOK_SECRET."""
+    appointments = {field(read(site, p), "SCH", 1) for p in samples}
+    await fakes.fhir.wait_until(lambda: len(fakes.fhir.requests()) >= len(samples), "PUTs")
+    requests = fakes.fhir.requests()
+    assert {(method, path) for method, path, _ in requests} == {
+        ("PUT", "/fhir/Appointment?identifier=…")
+    }
+    assert sorted(status for _, _, status in requests) == (
+        [200] * (len(samples) - len(appointments)) + [201] * len(appointments)
+    )
+    expected = sorted(e for e in events.values() if e is not None)
+    await fakes.webhooks.wait_until(
+        lambda: len(fakes.webhooks.events()) >= len(expected), "events"
+    )
+    assert sorted(kind for _, kind in fakes.webhooks.events()) == expected
 
 
 async def test_tour_send_then_search_and_show(tmp_path: Path) -> None:
-    """README "A short tour": the engine and the fake EHR running, every sample sent,
-    searched with each filter, and one message's whole story shown."""
+    """README "A short tour": the engine and every destination of the example running
+    (`engine fake-ehr`, `fake-fhir`, `fake-webhooks`), every sample sent, searched with each
+    filter, and one message's whole story shown."""
     site = example_copy(tmp_path)
     samples = sample_paths(site)
+    events = announced(site, samples)
     bad_provider, adt = write_bad_samples(site)
-    async with fake_ehr_process(site) as ehr, engine_running(site):
+    async with fakes_running(site) as fakes, engine_running(site):
         sent = await site.send(*samples)
         assert sent.code == 0, sent
         assert sent.lines == [f"{path}: AA" for path in samples]
-        got = await ehr.wait_for(len(samples))
+        got = await fakes.ehr.wait_for(len(samples))
         assert sorted(got) == sorted(control_id(read(site, p)) for p in samples)
 
         sent = await site.send(bad_provider, adt)
@@ -157,6 +250,7 @@ async def test_tour_send_then_search_and_show(tmp_path: Path) -> None:
         assert "P9999" not in ae  # values stay out of ACK texts: they may be PHI
         assert ar == f"{adt}: AR - no route accepts message type ADT^A01"
         await site.wait_delivered(len(samples), "every sample delivered")
+        await check_fakes_got(site, fakes, samples, events)
 
         table = await site.cli("messages")
         assert table.code == 0, table
@@ -166,9 +260,11 @@ async def test_tour_send_then_search_and_show(tmp_path: Path) -> None:
         ]
         assert len(rows) == len(samples) + 2
         for path in samples:
-            (row,) = [r for r in rows if f" {control_id(read(site, path))} " in r]
+            control = control_id(read(site, path))
+            (row,) = [r for r in rows if f" {control} " in r]
             assert " processed " in row and " AA " in row, row
-            assert "clinic-ehr:sent" in row and "archive:sent" in row, row
+            wanted = SIU_DESTINATIONS | ({"notifications"} if events[control] else set())
+            assert dict(DELIVERY.findall(row)) == dict.fromkeys(wanted, "sent"), row
 
         every = {p: read(site, p) for p in [*samples, bad_provider, adt]}
 
@@ -207,6 +303,8 @@ async def check_show(site: Site, message_id: int) -> None:
     assert shown.code == 0, shown
     text = shown.out
     assert shown.lines[0].startswith(f"message {message_id}  SIU^S12  control id MSG00001")
+    assert "\n  appointment urn:engine:v2-namespace:EPIC|APT1001: created, status booked, " \
+        "version 1 (current)\n" in text, text
     for segment in raw.decode().rstrip("\r").split("\r"):
         assert f"\n  {segment}\n" in text  # the raw message, one segment a line
     assert re.search(r"\nACK sent:\n  MSH\|[^\n]*\n  MSA\|AA\|MSG00001\|", text), text
@@ -223,11 +321,20 @@ async def check_show(site: Site, message_id: int) -> None:
     assert detail["message"]["keys"]["control_id"] == "MSG00001"
     assert detail["raw"] == raw.decode()
     assert "MSA|AA|MSG00001|" in detail["ack"]
-    (result,) = detail["results"]
-    assert (result["channel"], result["status"]) == ("siu-to-clinic-ehr", "ok")
-    assert field(result["output"].encode(), "SCH", 7) == "NP_EVAL_60"
+    results = {r["channel"]: r for r in detail["results"]}
+    assert {c: r["status"] for c, r in results.items()} == dict.fromkeys(
+        ["siu-to-clinic-ehr", "siu-to-fhir", "appointment-events"], "ok"
+    )
+    assert field(results["siu-to-clinic-ehr"]["output"].encode(), "SCH", 7) == "NP_EVAL_60"
     deliveries = {d["destination"]: d for d in detail["deliveries"]}
-    assert set(deliveries) == {"clinic-ehr", "archive"}
+    assert set(deliveries) == SIU_DESTINATIONS | {"notifications"}
+    assert {d["status"] for d in deliveries.values()} == {"sent"}
+    appointment = json.loads(deliveries["fhir-server"]["payload"])
+    assert (appointment["resourceType"], appointment["status"]) == ("Appointment", "booked")
+    assert "APT1001" in [i["value"] for i in appointment["identifier"]]
+    event = json.loads(deliveries["notifications"]["payload"])
+    assert (event["type"], event["data"]["status"]) == ("appointment.created", "booked")
+    assert detail["appointment"]["version"] == 1
     ehr = deliveries["clinic-ehr"]
     assert (ehr["status"], ehr["lane"], len(ehr["attempts"])) == ("sent", "APT1001", 1)
     assert field(ehr["payload"].encode(), "SCH", 7) == "NP_EVAL_60"
@@ -249,27 +356,41 @@ def replay_rows(result: Result) -> list[list[str]]:
 
 async def test_tour_replay(tmp_path: Path) -> None:
     """`engine replay`: a dry run writes nothing; a replay is a new message linked to its
-    original, and the running engine delivers it to the EHR again."""
+    original, and the running engine delivers it to the EHR again. A replay is judged against
+    the appointment's state today: an older version goes to the EHR as it went then, but the
+    converting channels send nothing for it (it would undo newer state downstream)."""
     site = example_copy(tmp_path)
     samples = sample_paths(site)
-    async with fake_ehr_process(site) as ehr, engine_running(site):
+    events = announced(site, samples)
+    async with fakes_running(site) as fakes, engine_running(site):
+        ehr = fakes.ehr
         assert (await site.send(*samples)).code == 0
         await ehr.wait_for(len(samples))
         await site.wait_delivered(len(samples), "every sample delivered")
+        await check_fakes_got(site, fakes, samples, events)
         original = await site.message_id("MSG00001")
         stored = len(await site.messages("--limit", "1000"))
 
+        # MSG00001 booked APT1001, which MSG00004 (later) cancelled: replayed now it is stale,
+        # so only siu-to-clinic-ehr, which converts nothing, plans deliveries; the converting
+        # channels say why they send nothing.
         dry = await site.cli("replay", str(original), "--dry-run")
         assert dry.code == 0, dry
         sizes = {  # today's channel maps the same raw message to the same payloads
             d["destination"]: len(d["payload"].encode())
             for d in (await site.show(original))["deliveries"]
         }
-        assert sorted(tuple(r) for r in replay_rows(dry)) == [
+        rows = sorted(tuple(r) for r in replay_rows(dry))
+        assert [r for r in rows if r[3] != "-"] == [
             (str(original), "-", "siu-to-clinic-ehr", "archive", "-", f"{sizes['archive']} bytes"),
             (str(original), "-", "siu-to-clinic-ehr", "clinic-ehr", "APT1001",
              f"{sizes['clinic-ehr']} bytes"),
         ]
+        skipped = {r[2]: r[5] for r in rows if r[3] == "-"}
+        assert set(skipped) == {"siu-to-fhir", "appointment-events"}, dry.out
+        for why in skipped.values():
+            assert why.startswith("filtered: ") and "older than the appointment's current " \
+                "version" in why, why
         assert dry.lines[-1] == (
             "dry run: 1 message(s) would queue 2 delivery(ies); nothing was written"
         )
@@ -294,12 +415,26 @@ async def test_tour_replay(tmp_path: Path) -> None:
         (delivery,) = (await site.show(replay_id))["deliveries"]
         assert (delivery["destination"], delivery["status"]) == ("clinic-ehr", "sent")
 
+        # MSG00004 is APT1001's current version: replayed, it is `unchanged`, so the FHIR
+        # server gets the same state again and no event is raised.
         cancel = await site.message_id("MSG00004")
         by_type = await site.cli("replay", "--type", "SIU^S15")
         assert by_type.code == 0, by_type
         assert {r[0] for r in replay_rows(by_type)} == {str(cancel)}
-        assert {r[3] for r in replay_rows(by_type)} == {"clinic-ehr", "archive"}
+        assert {r[3] for r in replay_rows(by_type)} == SIU_DESTINATIONS | {"-"}
+        (no_event,) = [r for r in replay_rows(by_type) if r[3] == "-"]
+        assert no_event[2] == "appointment-events" and "unchanged" in no_event[5], no_event
         assert (await ehr.wait_for(len(samples) + 2))[-1] == "MSG00004"
+        await site.wait_delivered(len(samples) + 2, "the S15 replay delivered")
+        (s15_replay,) = (await site.show(cancel))["replays"]
+        assert {d["destination"] for d in (await site.show(s15_replay))["deliveries"]} == (
+            SIU_DESTINATIONS
+        )
+        await fakes.fhir.wait_until(
+            lambda: len(fakes.fhir.requests()) == len(samples) + 1, "the replayed PUT"
+        )
+        assert fakes.fhir.requests()[-1][2] == 200  # the same Appointment, updated in place
+        assert len(fakes.webhooks.events()) == len([e for e in events.values() if e])
         # A filter finds originals only: the replay made above is not replayed again.
         again = await site.cli("replay", "--control-id", "MSG00001", "--dry-run")
         assert {r[0] for r in replay_rows(again)} == {str(original)}, again.out
@@ -317,6 +452,94 @@ async def test_tour_replay(tmp_path: Path) -> None:
         assert len(await site.messages("--limit", "1000")) == stored
 
 
+FHIR_SAMPLES = ("samples/fhir_appointment_booked.json",
+                "samples/fhir_appointment_rescheduled.json",
+                "samples/fhir_appointment_cancelled.json")
+FHIR_HEADERS = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+
+
+async def test_tour_fhir_bookings_reach_the_ehr_as_siu(tmp_path: Path) -> None:
+    """README tour, the FHIR side: the booking portal POSTs an Appointment to the engine's
+    FHIR API and PUTs its new time and its cancellation (as curl would); the clinic EHR gets an
+    S12, an S13 and an S15 for it, the subscriber hears each change, and `engine messages` /
+    `engine show` tell each request's story."""
+    site = example_copy(tmp_path)
+    booked, moved, cancelled = bodies = [read(site, p) for p in FHIR_SAMPLES]
+    ((system, reference),) = {
+        (i["system"], i["value"]) for i in (json.loads(b)["identifier"][0] for b in bodies)
+    }
+    key = f"{system}|{reference}"
+    async with (
+        fakes_running(site) as fakes,
+        engine_running(site),
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(
+            f"{site.fhir_api}/Appointment", data=booked, headers=FHIR_HEADERS
+        ) as response:
+            assert response.status == 201, await response.text()
+            location = response.headers["Location"]
+            created = await response.json(content_type=None)
+        found = re.fullmatch(
+            re.escape(f"{site.fhir_api}/Appointment/") + r"([A-Za-z0-9.-]{1,64})/_history/1",
+            location,
+        )
+        assert found, location
+        appointment_id = found[1]
+        assert (created["id"], created["status"]) == (appointment_id, "booked")
+        url = f"{site.fhir_api}/Appointment/{appointment_id}"
+        # As the README does: the first update names the version it changes, the second not.
+        changes: list[tuple[bytes, dict[str, str], int, str]] = [
+            (moved, {"If-Match": 'W/"1"'}, 2, "booked"), (cancelled, {}, 3, "cancelled")
+        ]
+        for body, condition, version, status in changes:
+            async with http.put(url, data=body, headers=FHIR_HEADERS | condition) as response:
+                assert response.status == 200, await response.text()
+                assert response.headers["ETag"] == f'W/"{version}"'
+                assert (await response.json(content_type=None))["status"] == status
+        async with http.get(url, headers={"Accept": "application/fhir+json"}) as response:
+            assert response.status == 200, await response.text()
+            held = await response.json(content_type=None)
+        assert (held["status"], held["meta"]["versionId"]) == ("cancelled", "3")
+
+        def bookings() -> list[Received]:
+            return [r for r in fakes.ehr.received() if r.field("SCH", 1) == reference]
+
+        await fakes.ehr.wait_until(lambda: len(bookings()) >= 3, f"three SIU for {reference}")
+        assert [r.type for r in bookings()] == ["SIU^S12", "SIU^S13", "SIU^S15"]
+        assert len(fakes.ehr.received()) == 3  # nothing else reached the EHR
+        await site.wait_delivered(3, "the three requests delivered")
+        await fakes.webhooks.wait_until(lambda: len(fakes.webhooks.events()) >= 3, "events")
+        assert [kind for _, kind in fakes.webhooks.events()] == [
+            "appointment.created", "appointment.updated", "appointment.cancelled"
+        ]
+        assert fakes.fhir.requests() == []  # siu-to-fhir takes SIU only
+
+        table = await site.cli("messages", "--type", "Appointment")
+        assert table.code == 0, table
+        header, *lines = table.lines
+        assert header.split()[:4] == ["ID", "RECEIVED", "LISTENER", "TYPE"], header
+        assert len(lines) == 3 and all(" booking-api " in line for line in lines), table.out
+        assert all(" Appointment " in line for line in lines), table.out
+        rows = sorted(await site.messages("--type", "Appointment"), key=lambda r: int(r["id"]))
+        assert [r["ack_code"] for r in rows] == ["201", "200", "200"]
+        stories = [("created", "booked", 1), ("rescheduled", "booked", 2),
+                   ("cancelled", "cancelled", 3)]
+        for row, (change, status, version) in zip(rows, stories, strict=True):
+            assert dict(DELIVERY.findall(row["deliveries"])) == {
+                "clinic-ehr-bookings": "sent", "notifications": "sent"
+            }, row
+            shown = await site.cli("show", str(row["id"]))
+            assert shown.code == 0, shown
+            assert (
+                f"\n  appointment {key}: {change}, status {status}, version {version} (current)\n"
+            ) in shown.out, shown.out
+            detail = await site.show(int(row["id"]))
+            assert (detail["appointment"]["version"], detail["appointment"]["change"]) == (
+                version, change
+            )
+
+
 async def failed_deliveries(site: Site) -> list[dict[str, Any]]:
     rows = await site.messages("--destination", "clinic-ehr", "--delivery-status", "failed")
     return [d for r in rows for d in (await site.show(r["id"]))["deliveries"]
@@ -327,14 +550,28 @@ async def has_failed(site: Site) -> bool:
     return bool(await failed_deliveries(site))
 
 
+def sync_failed(hooks: WebhookReceiver) -> list[tuple[str, str, str]]:
+    """(booking reference, destination, reason) of each appointment.sync_failed accepted."""
+    return [
+        (e["data"]["booking_reference"], e["data"]["destination"], e["data"]["reason_code"])
+        for e in hooks.events
+        if e["type"] == "appointment.sync_failed"
+    ]
+
+
 async def test_tour_retry_after_the_ehr_was_down(tmp_path: Path) -> None:
-    """EHR down: deliveries retry fast, then fail with an alert. EHR back: `engine retry`
-    requeues them and the running engine sends them in their original order."""
+    """EHR down: deliveries retry fast, then fail with an alert and an
+    appointment.sync_failed event to the webhook subscriber. EHR back: `engine retry` requeues
+    them and the running engine sends them in their original order."""
     site = example_copy(tmp_path)
     same_lane = ["samples/siu_s13_reschedule.hl7", "samples/siu_s14_modify.hl7",
                  "samples/siu_s15_cancel.hl7"]  # all APT1001: one lane, strict order
     assert {field(read(site, p), "SCH", 1) for p in same_lane} == {"APT1001"}
-    async with FakeEhr(port=site.ehr_port) as first_ehr, engine_running(site) as log:
+    async with (
+        http_fakes_in_process(site) as (_, hooks),
+        FakeEhr(port=site.ehr_port) as first_ehr,
+        engine_running(site) as log,
+    ):
         assert (await site.send(NEW_PATIENT)).code == 0
         await first_ehr.wait_for(1)
         await first_ehr.stop()  # the EHR goes down with the engine's connection open
@@ -357,6 +594,7 @@ async def test_tour_retry_after_the_ehr_was_down(tmp_path: Path) -> None:
                 control_id(read(site, p)) for p in same_lane
             ]
             await site.wait_delivered(1 + len(same_lane), "the retried deliveries sent")
+            assert sync_failed(hooks) == [("APT1001", "clinic-ehr", "retries_exhausted")] * 3
 
             nothing = await site.cli("retry", "--destination", "clinic-ehr")
             assert nothing.code == 1, nothing
@@ -377,6 +615,7 @@ async def test_tour_retry_after_the_ehr_was_down(tmp_path: Path) -> None:
             twice = await ehr.wait_for(len(same_lane) + 2)
             assert [control_id(m) for m in twice[-2:]] == ["MSG00006", "MSG00006"]
             await site.wait_delivered(2 + len(same_lane), "the AR'd delivery sent on retry")
+            assert sync_failed(hooks)[3:] == [("APT1003", "clinic-ehr", "rejected")]
 
 
 async def test_send_to_a_closed_port_is_a_clear_error(tmp_path: Path) -> None:
@@ -407,7 +646,11 @@ async def test_output_to_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
 
 async def test_a_resend_after_a_replay_gets_the_original_ack(tmp_path: Path) -> None:
     site = example_copy(tmp_path)
-    async with FakeEhr(port=site.ehr_port) as ehr, engine_running(site):
+    async with (
+        http_fakes_in_process(site),
+        FakeEhr(port=site.ehr_port) as ehr,
+        engine_running(site),
+    ):
         assert (await site.send(NEW_PATIENT)).code == 0
         original = await site.message_id("MSG00001")
         assert (await site.cli("replay", str(original), "--to", "clinic-ehr")).code == 0

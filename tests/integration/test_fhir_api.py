@@ -225,3 +225,120 @@ async def test_what_metadata_leaves_out_is_refused(api: tuple[Engine, FhirClient
     assert (await client.get("/Appointment?identifier=x"))[0] == 405
     assert (await client.post("/Appointment/_search", {}))[0] == 405
     assert (await client.request("PUT", "/Appointment", appointment()))[0] == 405
+
+
+def entry(resource: dict[str, object], method: str = "POST", url: str = "Appointment",
+          **request: str) -> dict[str, object]:
+    return {"resource": resource, "request": {"method": method, "url": url, **request}}
+
+
+async def test_transaction_with_a_matching_conditional_create_commits_the_rest(
+    api: tuple[Engine, FhirClient, Path],
+) -> None:
+    engine, client, _ = api
+    _, _, created = await client.post("/Appointment", appointment())
+    other = appointment(identifier=[{"system": "urn:x", "value": "OTHER2"}])
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        entry(appointment(comment="changed"), ifNoneExist=f"identifier={IDENTIFIER}"),
+        entry(other),
+    ]}
+    status, _, result = await client.post("", bundle)
+    assert status == 200 and result["type"] == "transaction-response"
+    first, second = result["entry"]
+    assert first["response"]["status"] == "200 OK"
+    assert first["resource"]["id"] == created["id"]
+    assert first["resource"]["comment"] == created["comment"]  # matched, not changed
+    assert second["response"]["status"] == "201 Created"
+    assert await engine.store.appointment("urn:x|OTHER2") is not None
+
+
+@pytest.mark.parametrize("case", ["stale-if-match", "unknown-id"])
+async def test_a_failing_entry_fails_the_whole_transaction(
+    api: tuple[Engine, FhirClient, Path], case: str
+) -> None:
+    engine, client, _ = api
+    _, _, created = await client.post("/Appointment", appointment())
+    rid = created["id"] if case == "stale-if-match" else "no-such-id"
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        entry(appointment(identifier=[{"system": "urn:x", "value": "OTHER3"}])),
+        entry(appointment("rescheduled"), "PUT", f"Appointment/{rid}", ifMatch='W/"7"'),
+    ]}
+    status, _, outcome = await client.post("", bundle)
+    assert status == (412 if case == "stale-if-match" else 404)
+    assert expressions(outcome) == ["Bundle.entry[1].resource"]
+    assert await engine.store.appointment("urn:x|OTHER3") is None
+    row = await engine.store.appointment(IDENTIFIER)
+    assert row is not None and row.version == 1
+    assert len(await engine.store.deliveries()) == 1  # the first POST's only
+
+
+async def test_conditional_create_by_another_identifier_of_the_resource(
+    api: tuple[Engine, FhirClient, Path],
+) -> None:
+    engine, client, _ = api
+    filler = {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                   "code": "FILL"}]}, "system": "urn:clinic", "value": "F9"}
+    booked = appointment()
+    booked["identifier"].append(filler)
+    _, _, created = await client.post("/Appointment", booked)
+    status, _, body = await client.post(
+        "/Appointment", booked, headers={"If-None-Exist": "identifier=urn:clinic|F9"}
+    )
+    assert status == 200 and body["id"] == created["id"]
+    assert len(await engine.store.search(MessageFilter())) == 1
+
+
+async def test_a_client_clock_in_meta_does_not_make_an_update_stale(
+    api: tuple[Engine, FhirClient, Path],
+) -> None:
+    _, client, _ = api
+    _, headers, created = await client.post("/Appointment", appointment())
+    moved = appointment("rescheduled", meta={"lastUpdated": "2001-01-01T00:00:00Z"})
+    status, headers, body = await client.put(f"/Appointment/{created['id']}", moved)
+    assert status == 200 and headers["ETag"] == 'W/"2"' and body["start"] == moved["start"]
+
+
+async def test_a_chunked_body_over_the_limit_is_413(
+    api: tuple[Engine, FhirClient, Path],
+) -> None:
+    engine, client, _ = api
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b" " * 8192  # JSON whitespace: 160 KiB against a 64 KiB limit
+
+    async with client.session.post(
+        f"{client.base}/Appointment", data=chunks(),
+        headers={"Content-Type": "application/fhir+json"},
+    ) as response:
+        assert response.status == 413
+        assert (await response.json(content_type=None))["issue"][0]["code"] == "too-long"
+    (row,) = await engine.store.search(MessageFilter(status="rejected"))
+    assert row.size <= 64 * 1024
+
+
+async def test_a_channel_error_is_a_422_that_changes_and_sends_nothing(tmp_path: Path) -> None:
+    port = free_port()
+    failing = archive_channel(tmp_path / "archive")
+    failing["steps"].append(
+        {"map": {"field": "AIP-3.1", "table": "providers", "to": "ehr_id", "missing": "error"}}
+    )
+    routes = write_fhir_config(tmp_path / "cfg", port, {"to-ehr": failing})
+    unknown_provider = appointment(participant=[
+        {"actor": {"type": "Practitioner", "identifier": {"system": "urn:x", "value": "P9999"}},
+         "status": "accepted"},
+    ])
+    async with running(routes) as engine, aiohttp.ClientSession() as session:
+        client = FhirClient(session, f"http://127.0.0.1:{port}/fhir")
+        status, _, outcome = await client.post("/Appointment", unknown_provider)
+        assert status == 422
+        (issue,) = issues(outcome)
+        assert issue["code"] == "processing" and "channel to-ehr" in issue["diagnostics"]
+        assert "P9999" not in json.dumps(outcome)
+        assert await engine.store.appointment(IDENTIFIER) is None
+        assert await engine.store.deliveries() == []
+        (row,) = await engine.store.search(MessageFilter())
+        detail = await engine.store.get(row.id)
+        assert detail is not None and row.status == "error" and row.ack_code == "422"
+        assert [r.status for r in detail.results] == ["error"]
+        assert detail.appointment is not None and detail.appointment.disposition == "rejected"

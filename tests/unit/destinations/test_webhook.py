@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
+from engine.config import ConfigError
 from engine.config.model import DestinationConfig, Pos
 from engine.config.registry import CheckContext
 from engine.destinations.base import DeliveryMeta, Outcome, Reject, Retry, Sent
@@ -34,6 +35,7 @@ from engine.destinations.webhook import (
 )
 from engine.testing.webhook_receiver import Attempt, WebhookReceiver
 from engine.webhooks import WebhookSecret
+from tests.unit.pipeline.support import ConfigRoot
 
 META = DeliveryMeta(delivery_id=41, message_id=7, channel="appointment-events")
 POS = Pos(Path("/cfg/channels/appointment-events.yaml"), 9, 5)
@@ -427,6 +429,48 @@ def test_check_points_at_a_bad_secret_without_quoting_it() -> None:
     assert str(problems[0]).startswith(f"{POS.file}:11:15: webhook secret must start with")
     assert "pw123" not in str(problems[0])
     assert seen == [("secret_next",)]
+
+
+def test_check_leaves_an_unresolved_secret_reference_to_the_loader() -> None:
+    ctx = CheckContext(tables={}, transforms_dir=Path("/cfg/transforms"),
+                       at=lambda where: Pos(POS.file, 11, 15))
+    unresolved = {"url": "https://h/", "secret": "${HOOK_SECRET}"}
+    assert PLUGIN.check(unresolved, ctx) == []
+    # Only the unresolved one is skipped: a bad value beside it is still found.
+    problems = PLUGIN.check({**unresolved, "secret_next": "pw123"}, ctx)
+    assert [p.message.split(" must ")[0] for p in problems] == ["webhook secret"]
+
+
+WEBHOOK_CHANNEL = """\
+    destinations:
+      events:
+        webhook: {url: https://hooks.example/in, secret: "${HOOK_TEST_SECRET}"}
+    """
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, "environment variable HOOK_TEST_SECRET is not set"),
+        ("pw123", "webhook secret must start with 'whsec_'"),
+    ],
+)
+def test_engine_check_reports_one_problem_for_a_missing_or_bad_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str | None, expected: str
+) -> None:
+    """Through the configuration loader, as `engine check` runs it: an unset variable is one
+    problem (not also "must start with whsec_"); a set but malformed secret is one too."""
+    if value is None:
+        monkeypatch.delenv("HOOK_TEST_SECRET", raising=False)
+    else:
+        monkeypatch.setenv("HOOK_TEST_SECRET", value)
+    root = ConfigRoot(tmp_path).with_channel(WEBHOOK_CHANNEL)
+    with pytest.raises(ConfigError) as caught:
+        root.load()
+    (problem,) = caught.value.problems
+    assert problem.message.startswith(expected), problem
+    assert (problem.pos.file.name, problem.pos.line) == ("feed.yaml", 3)
+    assert "pw123" not in str(problem)
 
 
 def test_retry_after_forms() -> None:

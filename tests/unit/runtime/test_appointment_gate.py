@@ -18,7 +18,7 @@ from engine.pipeline.steps.base import CompileContext
 from engine.runtime.appointments import CONFLICT_STEP, AppointmentGate, key_of
 from engine.runtime.intake import new_message
 from engine.runtime.processing import decode_fhir
-from engine.store.base import Ingest
+from engine.store.base import Ingest, StaleJudgement
 from engine.store.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -119,3 +119,56 @@ async def test_one_key_is_judged_at_a_time_and_idle_keys_are_forgotten(
     await asyncio.gather(first(), second(), other_key())
     assert order == ["first in", "other in", "first out", "second in"]
     assert gate._locks == {}  # the point of the test: idle keys hold no lock
+
+
+async def test_a_judgement_overtaken_by_another_writer_is_refused(store: SqliteStore) -> None:
+    """Two gates on one store stand for two processes (the engine and `engine replay`)."""
+    engine_gate, replay_gate = AppointmentGate(store), AppointmentGate(store)
+    await record(store, engine_gate, resource())
+    old = resource(comment="judged against version 1")
+    decoded = decode_fhir(old, json.dumps(old).encode())
+    judged, _ = await replay_gate.process(decoded, [channel()], now=T0 + 1, control_id="R1",
+                                          source_time=T0 + 1)
+    assert judged is not None and judged.context.disposition == "current"
+    newest = resource(comment="version 2, committed meanwhile")
+    assert await record(store, engine_gate, newest, at=T0 + 2) == "current"
+    row = new_message("api", b"{}", decoded, T0 + 1, "processed", "", b"")
+    with pytest.raises(StaleJudgement):
+        await store.ingest(Ingest(row, appointment=judged.version()))
+    current = await store.appointment(KEY)
+    assert current is not None and current.version == 2
+    assert json.loads(current.resource)["comment"] == "version 2, committed meanwhile"
+    # Judged again, the late version is what it is: older than the current one.
+    judged, _ = await replay_gate.process(decoded, [channel()], now=T0 + 3, control_id="R2",
+                                          source_time=T0 + 1)
+    assert judged is not None and judged.context.disposition == "stale"
+
+
+async def test_a_waiter_cancelled_in_the_queue_leaves_no_lock_behind(store: SqliteStore) -> None:
+    gate = AppointmentGate(store)
+    inside = asyncio.Event()
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with gate.hold(KEY):
+            inside.set()
+            await release.wait()
+
+    async def waiter() -> None:
+        async with gate.hold(KEY):
+            raise AssertionError("a cancelled waiter must never get the key")
+
+    first = asyncio.create_task(holder())
+    await inside.wait()
+    second = asyncio.create_task(waiter())
+    while gate._locks[KEY][1] < 2:  # until the waiter is queued on the key's lock
+        await asyncio.sleep(0)
+    assert not second.done()
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    release.set()
+    await first
+    assert gate._locks == {}
+    async with gate.hold(KEY):  # and the key is free for the next one
+        pass
