@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +63,18 @@ def free_port() -> int:
 
 def make_messages(template: bytes, count: int) -> list[bytes]:
     base = Message.parse(template.decode("utf-8"))
+    first = datetime(2030, 1, 7, 8, 0)
     out = []
     for i in range(count):
         m = base.copy()
+        lane = i % LANES
         m.set("MSH-10", f"BENCH{i:08d}")
-        m.set("SCH-1.1", f"APT{i % LANES:05d}")
+        m.set("SCH-1.1", f"APT{lane:05d}")
+        # Each appointment in its own hour: a bench of one provider double-booked 500 times
+        # would measure conflict reporting, not the feed.
+        start = first + timedelta(hours=lane)
+        m.set("SCH-11.4", start.strftime("%Y%m%d%H%M"))
+        m.set("SCH-11.5", (start + timedelta(hours=1)).strftime("%Y%m%d%H%M"))
         out.append(m.to_er7().encode("utf-8"))
     return out
 

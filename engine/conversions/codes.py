@@ -16,6 +16,7 @@ limit: finer fractions are cut).
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
@@ -170,6 +171,9 @@ _KNOWN_SYSTEMS = {
 _KNOWN_NAMES = {uri: name for name, uri in _KNOWN_SYSTEMS.items()}
 
 
+# Feeds use a handful of coding systems and namespaces, over and over: their URIs are cached
+# (strings only; a cached dict could be changed by whoever holds it).
+@functools.lru_cache(maxsize=1024)
 def coding_system_uri(name: str) -> str:
     """Coding.system for a v2 coding system name (CWE.3); "" for no name."""
     if not name:
@@ -234,8 +238,13 @@ def identifier_system(namespace: str, universal_id: str, id_type: str) -> dict[s
         if namespace:
             out["assigner"] = {"display": namespace}
     elif namespace:
-        out["system"] = NAMESPACE_PREFIX + quote(namespace, safe="")
+        out["system"] = _namespace_uri(namespace)
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _namespace_uri(namespace: str) -> str:
+    return NAMESPACE_PREFIX + quote(namespace, safe="")
 
 
 def hd_of(identifier: dict[str, Any]) -> tuple[str, str, str]:

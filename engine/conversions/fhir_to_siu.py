@@ -25,6 +25,7 @@ one filler are dropped. SCH-6 (event reason) is left empty.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -40,6 +41,7 @@ from engine.conversions.codes import (
     resource_status_code,
     v2_status,
 )
+from engine.protocol.encoding import Encoding, escape
 from engine.protocol.er7 import Message
 
 __all__ = ["fhir_to_siu", "trigger_for"]
@@ -66,6 +68,45 @@ def trigger_for(resource: dict[str, Any], previous: dict[str, Any] | None) -> st
     return "S14"
 
 
+class _Segment:
+    """One segment being built: fields by number, each escaped when put. Building the text
+    and parsing it once costs a fraction of one `Message.set` per field."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.fields: list[str] = []
+
+    def put(self, number: int, value: str | Sequence[str | tuple[str, ...]]) -> None:
+        """Field `number`: a text, or its components, each escaped (a component given as a
+        tuple is its subcomponents). Trailing empty parts are left out; empty writes
+        nothing."""
+        if isinstance(value, str):
+            text = escape(value, _ENCODING)
+        else:
+            text = _join(_ENCODING.component, [
+                _join(_ENCODING.subcomponent, [escape(x, _ENCODING) if x else "" for x in v])
+                if isinstance(v, tuple) else escape(v, _ENCODING) if v else ""
+                for v in value
+            ])
+        if not text:
+            return
+        if len(self.fields) < number:
+            self.fields.extend([""] * (number - len(self.fields)))
+        self.fields[number - 1] = text
+
+    def text(self) -> str:
+        return "|".join((self.name, *self.fields))
+
+
+_ENCODING = Encoding()
+
+
+def _join(separator: str, parts: list[str]) -> str:
+    while parts and not parts[-1]:
+        parts.pop()
+    return separator.join(parts)
+
+
 def fhir_to_siu(resource: dict[str, Any], previous: dict[str, Any] | None, *,
                 control_id: str, now: datetime, sender: str = "ENGINE",
                 receiver: str = "") -> Message:
@@ -76,77 +117,73 @@ def fhir_to_siu(resource: dict[str, Any], previous: dict[str, Any] | None, *,
     if now.tzinfo is None:
         raise ConversionError("now must be an aware datetime")
     trigger = trigger_for(resource, previous)
-    msg = Message.parse("MSH|^~\\&|")
-    _put(msg, "MSH-3", sender)
-    _put(msg, "MSH-5", receiver)
-    msg.set("MSH-7", hl7_timestamp(now))
-    for path, value in (("MSH-9.1", "SIU"), ("MSH-9.2", trigger), ("MSH-9.3", "SIU_S12"),
-                        ("MSH-10", control_id), ("MSH-11", "P"), ("MSH-12", "2.5.1"),
-                        ("MSH-18", "UNICODE UTF-8")):
-        msg.set(path, value)
+    # MSH-1 is the separator itself: field n of this list is MSH-(n+1).
+    msh = _Segment("MSH")
+    msh.fields.append(_ENCODING.msh2)
+    for number, value in ((3, sender), (5, receiver), (7, hl7_timestamp(now)),
+                          (10, control_id), (11, "P"), (12, "2.5.1"), (18, "UNICODE UTF-8")):
+        msh.put(number - 1, value)
+    msh.put(8, ("SIU", trigger, "SIU_S12"))
+    segments = [msh, _schedule(resource)]
 
-    _schedule(msg, resource)
     start = parse_instant(resource.get("start"), "start")
     end = parse_instant(resource.get("end"), "end")
+    start_text = hl7_timestamp(start) if start else ""
     if start is not None or end is not None:
-        msg.set("TQ1-1", "1")
-        _put(msg, "TQ1-7", hl7_timestamp(start) if start else "")
-        _put(msg, "TQ1-8", hl7_timestamp(end) if end else "")
+        tq1 = _Segment("TQ1")
+        tq1.put(1, "1")
+        tq1.put(7, start_text)
+        tq1.put(8, hl7_timestamp(end) if end else "")
+        segments.append(tq1)
     comment = resource.get("comment")
     if isinstance(comment, str) and comment:
-        msg.set("NTE-1", "1")
-        msg.set("NTE-3", comment)
+        nte = _Segment("NTE")
+        nte.put(1, "1")
+        nte.put(3, comment)
+        segments.append(nte)
 
     participants = [p for p in resource.get("participant") or () if isinstance(p, dict)]
     patients = [p for p in participants if _actor_type(p) == "Patient"]
-    for k, participant in enumerate(patients, 1):
-        _patient(msg, k, participant)
+    segments.extend(_patient(k, participant) for k, participant in enumerate(patients, 1))
     action = _ACTION.get(trigger, "U")
-    msg.set("RGS-1", "1")
-    msg.set("RGS-2", action)
+    rgs = _Segment("RGS")
+    rgs.put(1, "1")
+    rgs.put(2, action)
+    segments.append(rgs)
     minutes = resource.get("minutesDuration")
-    timing = (hl7_timestamp(start) if start else "",
-              str(minutes) if isinstance(minutes, int) else "")
+    timing = (start_text, str(minutes) if isinstance(minutes, int) else "")
     services = [s for s in resource.get("serviceType") or () if isinstance(s, dict)]
     for k, service in enumerate(services, 1):
-        seg = _resource_head(msg, "AIS", k, action, timing)
-        _put_cwe(msg, f"{seg}-3", service)
+        ais = _resource_head("AIS", k, action, timing)
+        ais.put(3, cwe_of(service))
+        segments.append(ais)
     for name in ("AIG", "AIL", "AIP"):
         chosen = [p for p in participants if _ACTOR_SEGMENT.get(_actor_type(p)) == name]
-        for k, participant in enumerate(chosen, 1):
-            _resource(msg, name, k, participant, action, timing)
-    return msg
+        segments.extend(_resource(name, k, participant, action, timing)
+                        for k, participant in enumerate(chosen, 1))
+    return Message.parse("\r".join(segment.text() for segment in segments))
 
 
-def _put(msg: Message, path: str, value: str) -> None:
-    if value:
-        msg.set(path, value)
-
-
-def _put_cwe(msg: Message, path: str, concept: Any) -> None:
-    msg.set_components(path, cwe_of(concept))
-
-
-def _schedule(msg: Message, resource: dict[str, Any]) -> None:
+def _schedule(resource: dict[str, Any]) -> _Segment:
+    sch = _Segment("SCH")
     placer, filler = _appointment_ids(resource.get("identifier"))
     for field, identifier in ((1, placer), (2, filler)):
-        if identifier is None:
-            continue
-        msg.set_components(f"SCH-{field}", (str(identifier.get("value", "")),
-                                             *hd_of(identifier)))
+        if identifier is not None:
+            sch.put(field, (str(identifier.get("value", "")), *hd_of(identifier)))
     reasons = resource.get("reasonCode")
     if isinstance(reasons, list) and reasons:
-        _put_cwe(msg, "SCH-7", reasons[0])
-    _put_cwe(msg, "SCH-8", resource.get("appointmentType"))
+        sch.put(7, cwe_of(reasons[0]))
+    sch.put(8, cwe_of(resource.get("appointmentType")))
     minutes = resource.get("minutesDuration")
     if isinstance(minutes, int):
-        msg.set("SCH-9", str(minutes))
-        msg.set("SCH-10", "min")
+        sch.put(9, str(minutes))
+        sch.put(10, "min")
     start = parse_instant(resource.get("start"), "start")
     end = parse_instant(resource.get("end"), "end")
-    _put(msg, "SCH-11.4", hl7_timestamp(start) if start else "")
-    _put(msg, "SCH-11.5", hl7_timestamp(end) if end else "")
-    msg.set("SCH-25", v2_status(str(resource.get("status", ""))))
+    sch.put(11, ("", "", "", hl7_timestamp(start) if start else "",
+                 hl7_timestamp(end) if end else ""))
+    sch.put(25, v2_status(str(resource.get("status", ""))))
+    return sch
 
 
 def _appointment_ids(identifiers: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -190,45 +227,45 @@ def _actor_identifier(participant: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _patient(msg: Message, k: int, participant: dict[str, Any]) -> None:
-    seg = f"PID[{k}]"
-    msg.set(f"{seg}-1", str(k))
+def _patient(k: int, participant: dict[str, Any]) -> _Segment:
+    pid = _Segment("PID")
+    pid.put(1, str(k))
     identifier = _actor_identifier(participant)
-    msg.set_components(f"{seg}-3", (str(identifier.get("value", "")), "", "", "",
-                                    cwe_of(identifier.get("type"))[0]))
-    msg.set_components(f"{seg}-3.4", hd_of(identifier))
+    pid.put(3, (str(identifier.get("value", "")), "", "", hd_of(identifier),
+                cwe_of(identifier.get("type"))[0]))
+    return pid
 
 
-def _resource_head(msg: Message, name: str, k: int, action: str,
-                   timing: tuple[str, str]) -> str:
-    seg = f"{name}[{k}]"
+def _resource_head(name: str, k: int, action: str, timing: tuple[str, str]) -> _Segment:
+    segment = _Segment(name)
     start_field, duration_field, _ = _LAYOUT[name]
-    msg.set(f"{seg}-1", str(k))
-    msg.set(f"{seg}-2", action)
-    _put(msg, f"{seg}-{start_field}", timing[0])
+    segment.put(1, str(k))
+    segment.put(2, action)
+    segment.put(start_field, timing[0])
     if timing[1]:
-        msg.set(f"{seg}-{duration_field}", timing[1])
-        msg.set(f"{seg}-{duration_field + 1}", "min")
-    return seg
+        segment.put(duration_field, timing[1])
+        segment.put(duration_field + 1, "min")
+    return segment
 
 
-def _resource(msg: Message, name: str, k: int, participant: dict[str, Any], action: str,
-              timing: tuple[str, str]) -> None:
-    seg = _resource_head(msg, name, k, action, timing)
+def _resource(name: str, k: int, participant: dict[str, Any], action: str,
+              timing: tuple[str, str]) -> _Segment:
+    segment = _resource_head(name, k, action, timing)
     identifier = _actor_identifier(participant)
     value = str(identifier.get("value", ""))
     if name == "AIG":
         system = coding_system_name(str(identifier.get("system") or ""))
         display = participant["actor"].get("display")
-        msg.set_components(f"{seg}-3",
-                           (value, display if isinstance(display, str) else "", system))
+        segment.put(3, (value, display if isinstance(display, str) else "", system))
     else:
-        _put(msg, f"{seg}-3.1", value)
-        hd_path = f"{seg}-3.4" if name == "AIL" else f"{seg}-3.9"
-        msg.set_components(hd_path, hd_of(identifier))
+        hd = hd_of(identifier)
+        # AIL-3 is a PL (facility in component 4), AIP-3 an XCN (assigning authority in 9).
+        gap: list[str | tuple[str, ...]] = ["", ""] if name == "AIL" else [""] * 7
+        segment.put(3, [value, *gap, hd])
     types = participant.get("type")
     if isinstance(types, list) and types:
-        _put_cwe(msg, f"{seg}-4", types[0])
+        segment.put(4, cwe_of(types[0]))
     status = participant.get("status")
     if isinstance(status, str):
-        msg.set(f"{seg}-{_LAYOUT[name][2]}", resource_status_code(status))
+        segment.put(_LAYOUT[name][2], resource_status_code(status))
+    return segment

@@ -98,20 +98,18 @@ def siu_to_fhir(message: Message, *, tz: tzinfo = UTC) -> dict[str, Any]:
 
 
 def _appointment_id(message: Message, field: int, code: str) -> dict[str, Any] | None:
-    value = message.get(f"SCH-{field}.1")
+    value, namespace, universal_id, id_type = message.components(f"SCH-{field}", 4)
     if not value:
         return None
     return {
         "type": {"coding": [{"system": IDENTIFIER_TYPE_SYSTEM, "code": code}]},
-        **identifier_system(message.get(f"SCH-{field}.2"), message.get(f"SCH-{field}.3"),
-                            message.get(f"SCH-{field}.4")),
+        **identifier_system(namespace, universal_id, id_type),
         "value": value,
     }
 
 
 def _concept(message: Message, path: str) -> dict[str, Any] | None:
-    return codeable_concept(message.get(f"{path}.1"), message.get(f"{path}.2"),
-                            message.get(f"{path}.3"))
+    return codeable_concept(*message.components(path, 3))
 
 
 def _minutes(message: Message) -> int | None:
@@ -159,11 +157,10 @@ def _notes(message: Message) -> list[str]:
 def _participants(message: Message) -> list[dict[str, Any]]:
     out = []
     for k in range(1, message.segment_count("PID") + 1):
-        value = message.get(f"PID[{k}]-3.1")
+        value, _, _, _, id_type = message.components(f"PID[{k}]-3", 5)
         if not value:
             continue
         identifier: dict[str, Any] = {}
-        id_type = message.get(f"PID[{k}]-3.5")
         if id_type:
             identifier["type"] = {"coding": [{"system": IDENTIFIER_TYPE_SYSTEM,
                                               "code": " ".join(id_type.split())}]}
@@ -180,8 +177,7 @@ def _participants(message: Message) -> list[dict[str, Any]]:
 
 
 def _hd(message: Message, path: str) -> dict[str, Any]:
-    return identifier_system(message.get(f"{path}.1"), message.get(f"{path}.2"),
-                             message.get(f"{path}.3"))
+    return identifier_system(*message.components(path, 3))
 
 
 # segment -> (status field, actor type)
@@ -192,11 +188,11 @@ def _resource(message: Message, name: str, k: int) -> dict[str, Any] | None:
     seg = f"{name}[{k}]"
     status_field, actor_type = _RESOURCES[name]
     actor: dict[str, Any] = {"type": actor_type}
-    value = message.get(f"{seg}-3.1")
+    value, second, third = message.components(f"{seg}-3", 3)
     if name == "AIG":
-        display = message.get(f"{seg}-3.2")
+        display = second
         if value:
-            system = coding_system_uri(message.get(f"{seg}-3.3"))
+            system = coding_system_uri(third)
             actor["identifier"] = {"system": system, "value": value} if system else {
                 "value": value}
         if display:
@@ -209,8 +205,7 @@ def _resource(message: Message, name: str, k: int) -> dict[str, Any] | None:
         hd = _hd(message, f"{seg}-3.4" if name == "AIL" else f"{seg}-3.9")
         actor["identifier"] = {**hd, "value": value}
         if name == "AIP":
-            display = " ".join(n for n in (message.get(f"{seg}-3.3"),
-                                           message.get(f"{seg}-3.2.1")) if n)
+            display = " ".join(n for n in (third, message.get(f"{seg}-3.2.1")) if n)
             if display:
                 actor["display"] = display
     participant: dict[str, Any] = {}

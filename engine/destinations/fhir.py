@@ -1,6 +1,9 @@
 """The FHIR destination: delivers one R4B Appointment to a FHIR server by conditional update
 on its identifier (`PUT [base]/Appointment?identifier=<system>|<value>`), so a replay updates
-the same resource instead of creating a second one.
+the same resource instead of creating a second one. With `mode: transaction` the same
+conditional update goes inside a transaction Bundle POSTed to the base (for servers that take
+writes as Bundles only); the entry's status in the transaction-response decides, and a 2xx
+that names none is a retry (the write was not confirmed).
 
 The rule it keeps: `Sent` only on a 2xx. 429, 5xx, 408, timeouts and dropped connections are
 `Retry` (with the server's `Retry-After`, seconds or HTTP-date, as `after`); a 401 renews the
@@ -90,6 +93,12 @@ PLUGIN = Plugin(
         "additionalProperties": False,
         "required": ["base_url"],
         "properties": {
+            "mode": {
+                "enum": ["update", "transaction"],
+                "description": "update (default): PUT [base]/Appointment?identifier=...; "
+                "transaction: the same conditional update inside a transaction Bundle "
+                "POSTed to [base], for servers that take writes as Bundles only.",
+            },
             "base_url": {
                 "type": "string",
                 "pattern": r"^https?://",
@@ -122,6 +131,7 @@ def build(config: DestinationConfig) -> FhirDestination:
         timeout=float(opts.get("timeout", DEFAULT_TIMEOUT)),
         connections=int(opts.get("connections", DEFAULT_CONNECTIONS)),
         auth=auth_from_options(raw_auth) if isinstance(raw_auth, dict) else None,
+        mode="transaction" if opts.get("mode") == "transaction" else "update",
     )
 
 
@@ -162,6 +172,7 @@ class FhirDestination:
         connections: int = DEFAULT_CONNECTIONS,
         auth: ClientSecretAuth | SmartBackendAuth | None = None,
         clock: Callable[[], float] = time.time,
+        mode: Literal["update", "transaction"] = "update",
     ) -> None:
         if not 1 <= connections <= MAX_CONNECTIONS:
             raise ValueError(f"connections must be 1..{MAX_CONNECTIONS}, got {connections}")
@@ -172,6 +183,7 @@ class FhirDestination:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.auth = auth
+        self.mode = mode
         self.peer = origin(base_url)
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
@@ -188,11 +200,14 @@ class FhirDestination:
         target = conditional_url(self.base_url, payload)
         if isinstance(target, Reject):
             return target
+        method, url, body = "PUT", target, payload
+        if self.mode == "transaction":
+            method, url, body = "POST", URL(self.base_url), transaction_bundle(target, payload)
         session, tokens = self._open()
         token = await self._token(tokens)
         if isinstance(token, Retry):
             return token
-        answer = await self._put(session, target, payload, token)
+        answer = await self._request(session, method, url, body, token)
         if isinstance(answer, Retry):
             return answer
         if answer[0] == 401 and tokens is not None and token is not None:
@@ -201,10 +216,13 @@ class FhirDestination:
             token = await self._token(tokens)
             if isinstance(token, Retry):
                 return token
-            answer = await self._put(session, target, payload, token)
+            answer = await self._request(session, method, url, body, token)
             if isinstance(answer, Retry):
                 return answer
-        return self._judge(*answer, renewed=tokens is not None)
+        status, response, after = answer
+        if self.mode == "transaction" and 200 <= status < 300:
+            status = entry_status(response)
+        return self._judge(status, response, after, renewed=tokens is not None)
 
     async def close(self) -> None:
         self._closed = True
@@ -236,14 +254,20 @@ class FhirDestination:
             # TokenError names the client and token URL only.
             return Retry(f"no access token for {self.peer}: {exc}", code=exc.error)
 
-    async def _put(
-        self, session: aiohttp.ClientSession, target: URL, payload: bytes, token: str | None
+    async def _request(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        target: URL,
+        payload: bytes,
+        token: str | None,
     ) -> tuple[int, bytes, str | None] | Retry:
         headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         try:
-            async with session.put(
+            async with session.request(
+                method,
                 target,
                 data=payload,
                 headers=headers,
@@ -299,6 +323,26 @@ def conditional_url(base_url: str, payload: bytes) -> URL | Reject:
     # could overwrite another scheduler's appointment.
     token = quote(f"{system}|{value}", safe="")
     return URL(f"{base_url.rstrip('/')}/Appointment?identifier={token}", encoded=True)
+
+
+def transaction_bundle(target: URL, payload: bytes) -> bytes:
+    """A transaction Bundle holding the conditional update of `target` (relative to the
+    base, as Bundle entries name their requests)."""
+    path = target.path.rstrip("/").rsplit("/", 1)[-1]
+    entry = b'{"request":{"method":"PUT","url":' + json.dumps(
+        f"{path}?{target.raw_query_string}").encode() + b'},"resource":' + payload + b"}"
+    return b'{"resourceType":"Bundle","type":"transaction","entry":[' + entry + b"]}"
+
+
+def entry_status(body: bytes) -> int:
+    """The HTTP status of a transaction-response's single entry (`"201 Created"` → 201); a
+    2xx Bundle that does not say is a 502: the server did not confirm the write."""
+    try:
+        bundle = json.loads(body)
+        status = bundle["entry"][0]["response"]["status"]
+        return int(str(status).split(" ", 1)[0])
+    except (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError):
+        return 502
 
 
 def pick_identifier(identifiers: Any) -> tuple[str, str] | None:

@@ -240,6 +240,33 @@ class Message:
         text = _element(text, enc, p.component, p.subcomponent)
         return _value(text, enc, p.component, p.subcomponent) if text else ""
 
+    def components(self, path: str | Path, count: int) -> list[str]:
+        """`get` of components 1..`count` of a field (or subcomponents 1..`count` of a
+        component) in one call: the field is found and split once. `path` names the field
+        (`AIP-3`) or the component (`PID-3.4`); values are decoded as `get` decodes them."""
+        p = _as_path(path)
+        if p.subcomponent is not None or not p.field:
+            raise PathError(f"{p}: name a field or a component")
+        i = self._find(p.segment, p.segment_index)
+        text = self._field(i, p) if i >= 0 else ""
+        if not text:
+            return [""] * count
+        if self._protected(i, p):  # MSH-1/MSH-2: never split, as `get` does
+            return [self.get(p) if n == 1 and p.component is None else "" for n in
+                    range(1, count + 1)]
+        enc = self.encoding
+        reps = text.split(enc.repetition)
+        r = p.repetition or 1
+        rep = reps[r - 1] if r <= len(reps) else ""
+        if p.component is None:
+            parts = rep.split(enc.component)
+            return [_value(parts[n - 1], enc, n, None) if n <= len(parts) else ""
+                    for n in range(1, count + 1)]
+        comp = _element(rep, enc, p.component, None)
+        parts = comp.split(enc.subcomponent)
+        return [_value(parts[n - 1], enc, p.component, n) if n <= len(parts) else ""
+                for n in range(1, count + 1)]
+
     def _occurrences(self, i: int, p: Path) -> list[tuple[int, str]]:
         """(repetition number, repetition ER7 text) for each addressed repetition."""
         text = self._field(i, p)

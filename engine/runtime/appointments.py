@@ -34,6 +34,7 @@ from typing import Any
 
 from engine.appointments.state import (
     CALLER_TEXT,
+    INACTIVE_STATUSES,
     Assessment,
     Known,
     actors,
@@ -59,6 +60,9 @@ CONFLICT_STEP = "conflicts"
 # How many times a version is judged again when another process (a replay from the CLI)
 # committed a version of the same appointment between the judgement and the commit.
 JUDGE_ATTEMPTS = 3
+# Appointments a double-booking warning reads (and names): enough to say it clashes and with
+# whom, and a bound on the work when a shared location holds hundreds at once.
+CLASH_LIMIT = 10
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class Judged:
     known: AppointmentRow | None
     refused: tuple[str, ...]  # channels under `conflicts: reject` that refuse it
     source_time: float | None
+    body: bytes  # the canonical JSON of the version, as stored
 
     @property
     def assessment(self) -> Assessment:
@@ -97,7 +102,7 @@ class Judged:
         span = interval(resource)
         return NewAppointmentVersion(
             key=self.key,
-            resource=dump(resource),
+            resource=self.body,
             status=str(resource.get("status", "")),
             change=self.assessment.change,
             disposition="rejected" if rejected else self.context.disposition,
@@ -162,13 +167,28 @@ class AppointmentGate:
         """Assess `resource` against the store; call inside `hold(key)`."""
         key = appointment_key(resource)
         row = await self._store.appointment(key)
+        body = dump(resource)
+        if row is not None and row.resource == body:
+            # Byte for byte the current version (a resend, a replay): unchanged, whatever
+            # its time, and nothing else to look up (the judgement `assess` would make).
+            context = AppointmentContext(
+                resource, resource, Assessment("unchanged", (), apply=True), "unchanged"
+            )
+            return Judged(key, context, row, (), source_time, body)
         known = load(row) if row is not None else None
         others: list[Known] = []
         span = interval(resource)
         held = actors(resource)
-        if span is not None and held:
-            rows = await self._store.overlapping(held, span[0].timestamp(), span[1].timestamp())
-            others = [load(r) for r in rows if r.key != key]
+        if span is not None and held and resource.get("status") not in INACTIVE_STATUSES:
+            rows = await self._store.overlapping(
+                held,
+                span[0].timestamp(),
+                span[1].timestamp(),
+                exclude_key=key,
+                exclude_statuses=INACTIVE_STATUSES,
+                limit=CLASH_LIMIT,
+            )
+            others = [load(r) for r in rows]
         assessment = assess(
             resource,
             known,
@@ -191,7 +211,7 @@ class AppointmentGate:
         context = AppointmentContext(
             resource, known.resource if known else None, assessment, disposition
         )
-        return Judged(key, context, row, refused, source_time)
+        return Judged(key, context, row, refused, source_time, body)
 
     async def process(
         self,

@@ -318,12 +318,19 @@ class Store(Protocol):
         """The current version of the appointment with this engine id."""
 
     async def overlapping(
-        self, actors: tuple[str, ...], start: float, end: float
+        self,
+        actors: tuple[str, ...],
+        start: float,
+        end: float,
+        *,
+        exclude_key: str = "",
+        exclude_statuses: frozenset[str] = frozenset(),
+        limit: int = 1000,
     ) -> list[AppointmentRow]:
         """Current versions of appointments holding one of `actors` over a time that
         overlaps [start, end) (half-open: touching intervals do not overlap), each once, by
-        start then key; whatever their status (the caller judges which still count). An
-        empty interval (end <= start) overlaps nothing."""
+        start then key, at most `limit`; not `exclude_key` and none whose status is in
+        `exclude_statuses`. An empty interval (end <= start) overlaps nothing."""
 
     async def appointment_history(self, key: str) -> list[AppointmentVersionRow]:
         """Every recorded version of the appointment, whatever its disposition, in the order

@@ -315,11 +315,20 @@ class SqliteStore:
         return appointments.appointment_by_id(self._hot(), appointment_id=appointment_id)
 
     async def overlapping(
-        self, actors: tuple[str, ...], start: float, end: float
+        self,
+        actors: tuple[str, ...],
+        start: float,
+        end: float,
+        *,
+        exclude_key: str = "",
+        exclude_statuses: frozenset[str] = frozenset(),
+        limit: int = 1000,
     ) -> list[AppointmentRow]:
-        if not actors or not end > start:
+        if not actors or not end > start or limit <= 0:
             return []  # an empty interval overlaps nothing: no need to ask the file
-        return appointments.overlapping(self._hot(), actors=tuple(actors), start=start, end=end)
+        return appointments.overlapping(
+            self._hot(), tuple(actors), start, end, exclude_key, exclude_statuses, limit
+        )
 
     async def appointment_history(self, key: str) -> list[AppointmentVersionRow]:
         return await self._read(partial(appointments.history, key=key))

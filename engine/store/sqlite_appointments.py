@@ -64,7 +64,8 @@ _INSERT_VERSION: Final = f"""INSERT INTO appointment_versions ({_VERSION_COLUMNS
 _OVERLAPPING: Final = f"""SELECT {APPOINTMENT_COLUMNS} FROM appointments WHERE key IN (
     SELECT key FROM appointment_actors
     WHERE actor IN (SELECT value FROM json_each(?)) AND "end" > ? AND start < ?)
-    ORDER BY start, key"""
+    AND key != ? AND status NOT IN (SELECT value FROM json_each(?))
+    ORDER BY start, key LIMIT ?"""
 
 
 # --------------------------------------------------------------------------- validation
@@ -225,13 +226,22 @@ def appointment_by_id(conn: sqlite3.Connection, appointment_id: str) -> Appointm
 
 
 def overlapping(
-    conn: sqlite3.Connection, actors: tuple[str, ...], start: float, end: float
+    conn: sqlite3.Connection,
+    actors: tuple[str, ...],
+    start: float,
+    end: float,
+    exclude_key: str = "",
+    exclude_statuses: frozenset[str] = frozenset(),
+    limit: int = 1000,
 ) -> list[AppointmentRow]:
     """Current versions holding one of `actors` over a time overlapping [start, end), each
-    once, by start then key. An empty interval overlaps nothing."""
-    if not actors or not end > start:
+    once, by start then key, at most `limit`, without `exclude_key` and the statuses in
+    `exclude_statuses`. An empty interval overlaps nothing."""
+    if not actors or not end > start or limit <= 0:
         return []
-    rows = conn.execute(_OVERLAPPING, (json.dumps(list(actors)), start, end)).fetchall()
+    args = (json.dumps(list(actors)), start, end, exclude_key,
+            json.dumps(sorted(exclude_statuses)), limit)
+    rows = conn.execute(_OVERLAPPING, args).fetchall()
     return [_appointment_from_row(r) for r in rows]
 
 

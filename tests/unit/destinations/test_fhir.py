@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -474,3 +475,43 @@ def test_the_identifier_updated_is_the_one_the_state_is_kept_by() -> None:
     ]
     assert pick_identifier(identifiers) == ("urn:b", "Y")
     assert appointment_key({"identifier": identifiers}) == "urn:b|Y"
+
+
+async def test_transaction_mode_sends_the_conditional_update_in_a_bundle(fhir: FakeFhir) -> None:
+    destination = FhirDestination("fhir-server", base_url=fhir.url, mode="transaction")
+    try:
+        first = await destination.send(payload(appointment()), META)
+        again = await destination.send(payload(appointment()), META)
+        changed = await destination.send(payload(appointment(status="cancelled")), META)
+    finally:
+        await destination.close()
+    assert [type(o) for o in (first, again, changed)] == [Sent, Sent, Sent]
+    (request, *_) = fhir.requests
+    assert (request.method, request.path) == ("POST", "/fhir")
+    assert request.json["type"] == "transaction"
+    (entry,) = request.json["entry"]
+    token = quote(f"{PLACER}|PLC-TEST-0001", safe="")
+    assert entry["request"] == {"method": "PUT", "url": f"Appointment?identifier={token}"}
+    (stored,) = fhir.find(f"{PLACER}|PLC-TEST-0001")
+    assert stored["meta"]["versionId"] == "2" and stored["status"] == "cancelled"
+
+
+async def test_transaction_mode_judges_by_the_answer(fhir: FakeFhir) -> None:
+    destination = FhirDestination("fhir-server", base_url=fhir.url, mode="transaction")
+    try:
+        fhir.fail_next(422)
+        rejected = await destination.send(payload(appointment()), META)
+        fhir.fail_next(503)
+        retried = await destination.send(payload(appointment()), META)
+    finally:
+        await destination.close()
+    assert isinstance(rejected, Reject) and rejected.code == "422"
+    assert isinstance(retried, Retry) and retried.code == "503"
+
+
+def test_mode_is_an_option(tmp_path: Path) -> None:
+    config = DestinationConfig("fhir-server", "siu-to-fhir", "fhir",
+                               {"base_url": "http://127.0.0.1:1/fhir", "mode": "transaction"}, POS)
+    assert build(config).mode == "transaction"
+    assert Draft202012Validator(PLUGIN.schema).is_valid({"base_url": "http://x", "mode": "update"})
+    assert not Draft202012Validator(PLUGIN.schema).is_valid({"base_url": "http://x", "mode": "x"})

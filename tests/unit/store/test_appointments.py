@@ -433,3 +433,17 @@ async def test_a_version_1_file_migrates_and_keeps_its_messages(
         assert await store.claim_queued(["d1", "d2"], 10) == []  # still held, as before
     finally:
         await store.close()
+
+
+async def test_overlapping_leaves_out_the_excluded_and_stops_at_the_limit(
+    store: SqliteStore,
+) -> None:
+    for key, status in ((KEY_A, "booked"), (KEY_B, "cancelled"), (KEY_C, "booked")):
+        await store.ingest(carrying(key[-5:], version(key, status=status)))
+    everyone = await store.overlapping(("Practitioner/DR1",), T0, T0 + 24 * HOUR)
+    assert len(everyone) == 3
+    kept = await store.overlapping(("Practitioner/DR1",), T0, T0 + 24 * HOUR,
+                                   exclude_key=KEY_A, exclude_statuses=frozenset({"cancelled"}))
+    assert [r.key for r in kept] == [KEY_C]
+    first = await store.overlapping(("Practitioner/DR1",), T0, T0 + 24 * HOUR, limit=1)
+    assert len(first) == 1
