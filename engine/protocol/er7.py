@@ -37,7 +37,7 @@ Semantics:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from engine.protocol.encoding import Encoding, escape, unescape
 from engine.protocol.header import Er7Error, Header, encoding_of, peek_header
@@ -318,25 +318,6 @@ class Message:
         self._check_writable(p)
         i = self._find_or_add(p.segment, p.segment_index)
         self._write(i, p, p.repetition, escape(value, self.encoding))
-
-    def set_components(self, path: str | Path, values: Sequence[str]) -> None:
-        """Write `values` as the components of a field (or the subcomponents of a
-        component) in one write, each escaped; trailing empty values are dropped and nothing
-        is written when all are empty. Whatever the element held before is replaced whole.
-        For building messages: one write instead of one per component."""
-        p = _as_path(path)
-        self._check_writable(p)
-        if p.subcomponent is not None:
-            raise PathError(f"{p} names a subcomponent; name a field or a component")
-        enc = self.encoding
-        parts = list(values)
-        while parts and not parts[-1]:
-            parts.pop()
-        if not parts:
-            return
-        sep = enc.subcomponent if p.component is not None else enc.component
-        er7 = sep.join(escape(v, enc) if v else "" for v in parts)
-        self._write(self._find_or_add(p.segment, p.segment_index), p, p.repetition, er7)
 
     def map_all(self, path: str | Path, fn: Callable[[str], str | None]) -> int:
         p = _as_path(path)

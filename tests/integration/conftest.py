@@ -73,6 +73,15 @@ def channel(
     return data
 
 
+def write_channels(root: Path, channels: dict[str, dict[str, Any]]) -> None:
+    """The example's transforms/ and these channels under `root`."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(PROJECT / "transforms", root / "transforms", dirs_exist_ok=True)
+    (root / "channels").mkdir(exist_ok=True)
+    for name, data in channels.items():
+        (root / "channels" / f"{name}.yaml").write_text(yaml.safe_dump(data))
+
+
 def write_config(
     root: Path,
     listen_port: int,
@@ -82,11 +91,7 @@ def write_config(
     listener: dict[str, Any] | None = None,
     routes: list[str] | None = None,
 ) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(PROJECT / "transforms", root / "transforms", dirs_exist_ok=True)
-    (root / "channels").mkdir(exist_ok=True)
-    for name, data in channels.items():
-        (root / "channels" / f"{name}.yaml").write_text(yaml.safe_dump(data))
+    write_channels(root, channels)
     mllp: dict[str, Any] = {"port": listen_port, **(listener or {})}
     config = {
         "store": "sqlite:data/engine.db",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import aiohttp
 import yaml
 from multidict import CIMultiDict
 
-from tests.integration.conftest import PROJECT, SAMPLES
+from tests.integration.conftest import SAMPLES, write_channels
 
 FHIR_JSON = "application/fhir+json"
 # (status, headers, parsed JSON body or None)
@@ -36,11 +35,7 @@ def write_fhir_config(
     max_body: str = "64KiB",
     ack: str = "processed",
 ) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(PROJECT / "transforms", root / "transforms", dirs_exist_ok=True)
-    (root / "channels").mkdir(exist_ok=True)
-    for name, data in channels.items():
-        (root / "channels" / f"{name}.yaml").write_text(yaml.safe_dump(data))
+    write_channels(root, channels)
     listeners: dict[str, Any] = {
         "api": {"http": {"port": http_port, "max_body_bytes": max_body}, "ack": ack}
     }
