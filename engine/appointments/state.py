@@ -66,7 +66,7 @@ WarningKind = Literal["unknown-appointment", "update-after-cancel", "out-of-orde
 # What a sender is told about a conflict (ERR text, OperationOutcome): the kind in words, and
 # nothing about the other appointments involved (their keys belong to other patients'
 # bookings). The full warning, keys included, is kept in the store for `engine show`.
-CALLER_TEXT: dict[str, str] = {
+CALLER_TEXT: dict[WarningKind, str] = {
     "unknown-appointment": "the message changes or ends an appointment the engine has not seen",
     "update-after-cancel": "the appointment was cancelled; this message changes it again",
     "out-of-order": "the message is older than the appointment's current version",

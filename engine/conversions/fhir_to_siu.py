@@ -1,8 +1,9 @@
 """FHIR R4B Appointment (a JSON dict) -> SIU message, the trigger chosen from the last state.
 
 Rule kept: the reverse of `siu_to_fhir` over the same table (see that module for the list of
-mapped fields); every text goes through `Message.set`, so separators and line breaks in free
-text and ids are escaped, never spliced. Pure: clock, control id and the previous state of
+mapped fields); every text is escaped for the message's encoding characters as it is put in
+its field (`_Segment.put`), so separators and line breaks in free text and ids are escaped,
+never spliced. Pure: clock, control id and the previous state of
 the appointment are passed in.
 
 Trigger (`trigger_for`, a choice of this project): status cancelled -> S15,

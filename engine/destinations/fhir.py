@@ -263,6 +263,10 @@ class FhirDestination:
         token: str | None,
     ) -> tuple[int, bytes, str | None] | Retry:
         headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
+        if method == "POST":
+            # A transaction-response with the resources in it could pass the 64 KiB kept of
+            # an answer, and then its entry status could not be read.
+            headers["Prefer"] = "return=minimal"
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         try:

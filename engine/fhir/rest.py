@@ -1,7 +1,7 @@
 """The engine's FHIR answers: what intake decided (`FhirAnswer`) and how it looks on the wire:
 a resource with its id and meta, the version headers (`Location`, `ETag`, `Last-Modified`),
-instants. Shared by the HTTP
-listener's single answers and the Bundle responses, so both say the same thing.
+instants. Shared by the HTTP listener's single answers and the Bundle responses, so both
+say the same thing.
 """
 
 from __future__ import annotations

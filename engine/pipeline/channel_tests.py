@@ -7,7 +7,9 @@ run context built as intake builds one, with a fixed clock (`TEST_NOW`) and cont
 (`TEST_CONTROL_ID`) so outputs are the same on every run: the appointment the input carries
 (its canonical form), assessed against the test's `previous:` file (the appointment's
 earlier version, as the engine would hold it; none: the appointment is new), with
-disposition `current` (`unchanged` when the assessment says so). No store, no network.
+disposition `current` (`unchanged` when the assessment says so). No store, no network: so
+no double booking against other appointments, and `conflicts: reject` is not applied (a
+test shows what the channel makes of a version it takes).
 
 It then compares the outcome (`delivered`, `filtered`, `error`) and each destination's
 payload: for an HL7 v2 output the `expect` keys are field paths (`SCH-7.1`), for a JSON

@@ -24,6 +24,7 @@ __all__ = [
     "JSON",
     "content_type",
     "copy_document",
+    "copy_json",
     "describe",
     "encode_json",
     "kind_of",
@@ -59,6 +60,11 @@ def copy_document(source: Message | dict[str, Any]) -> Document:
     """A copy the channel may change freely."""
     if isinstance(source, Message):
         return source.copy()
+    return copy_json(source)
+
+
+def copy_json(source: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of a parsed JSON object."""
     return {k: _json_copy(v) for k, v in source.items()}
 
 

@@ -38,6 +38,7 @@ Semantics:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from engine.protocol.encoding import Encoding, escape, unescape
 from engine.protocol.header import Er7Error, Header, encoding_of, peek_header
@@ -251,9 +252,10 @@ class Message:
         text = self._field(i, p) if i >= 0 else ""
         if not text:
             return [""] * count
-        if self._protected(i, p):  # MSH-1/MSH-2: never split, as `get` does
-            return [self.get(p) if n == 1 and p.component is None else "" for n in
-                    range(1, count + 1)]
+        if self._protected(i, p):  # MSH-1/MSH-2: never split; exactly what `get` says
+            deeper = [replace(p, component=n) if p.component is None
+                      else replace(p, subcomponent=n) for n in range(1, count + 1)]
+            return [self.get(d) for d in deeper]
         enc = self.encoding
         reps = text.split(enc.repetition)
         r = p.repetition or 1

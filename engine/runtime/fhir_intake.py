@@ -144,13 +144,14 @@ class FhirIntake:
                     if isinstance(found, _Refused):
                         return await self._store_refusal(listener, request.raw, found, now)
                     ingested = await self._store.ingest(found.ingest)
-                    return self._committed(found, ingested)
+                break
             except StaleJudgement as exc:  # another process moved the appointment on
                 if attempt == JUDGE_ATTEMPTS:
                     return _not_stored(listener, exc)
             except Exception as exc:
                 return _not_stored(listener, exc)
-        raise AssertionError("unreachable")  # the loop returns on its last attempt
+        assert isinstance(found, _Prepared)  # every other outcome returned above
+        return self._committed(found, ingested)  # after the commit: errors are not "not stored"
 
     async def transaction(
         self, listener: ListenerConfig, raw: bytes, requests: list[FhirRequest]
@@ -179,19 +180,19 @@ class FhirIntake:
                             return await self._store_refusal(
                                 listener, raw, _Refused(one.answer), now)
                     ready = [one for one in found if isinstance(one, _Prepared)]
-                    ingested = iter(await self._store.ingest_all([p.ingest for p in ready]))
-                    return [
-                        one.answer if isinstance(one, _Matched)
-                        else self._committed(one, next(ingested))
-                        for one in found
-                        if not isinstance(one, _Refused)
-                    ]
+                    ingested = await self._store.ingest_all([p.ingest for p in ready])
+                break
             except StaleJudgement as exc:
                 if attempt == JUDGE_ATTEMPTS:
                     return _not_stored(listener, exc)
             except Exception as exc:
                 return _not_stored(listener, exc)
-        raise AssertionError("unreachable")
+        committed = iter(ingested)
+        return [
+            one.answer if isinstance(one, _Matched) else self._committed(one, next(committed))
+            for one in found
+            if isinstance(one, _Matched | _Prepared)
+        ]
 
     async def reject(self, listener: ListenerConfig, raw: bytes, invalid: Invalid) -> FhirAnswer:
         """A body that failed validation: stored as rejected, answered with its issues."""

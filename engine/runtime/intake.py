@@ -173,13 +173,14 @@ class Intake:
                     judged, outcomes = await self.gate.process(
                         decoded, accepted, now=now, control_id=next(self.control_ids)
                     )
+                except Exception as exc:  # the state could not be read: nothing is stored
+                    return self._not_stored(listener, decoded, exc)
+                try:
                     committed = await self._commit(listener, data, decoded, outcomes, now, judged)
                     break
                 except StaleJudgement as exc:  # another process moved the appointment on
                     if attempt == JUDGE_ATTEMPTS:
                         return self._not_stored(listener, decoded, exc)
-                except Exception as exc:  # the state could not be read: nothing is stored
-                    return self._not_stored(listener, decoded, exc)
         if isinstance(committed, bytes):
             return committed
         return await committed
@@ -220,7 +221,11 @@ class Intake:
                     ),
                     tuple(stored_result(o) for o in outcomes),
                     deliveries,
-                    appointment=judged.version(rejected=code != "AA") if judged else None,
+                    # Refused (AE) and nothing sent on: history only. Once another channel's
+                    # output is queued, downstream hears of this version: it is the state.
+                    appointment=judged.version(rejected=code != "AA" and not deliveries)
+                    if judged
+                    else None,
                 )
             )
         except StaleJudgement:

@@ -10,7 +10,7 @@ which HL7 error code (table 0357) and location (ERR-2) apply; its text never quo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, tzinfo
 from typing import Any
 
@@ -18,7 +18,7 @@ from engine.appointments import canonical
 from engine.appointments.state import actor_id, actor_type, booking_identifier
 from engine.pipeline.channel import ChannelOutcome, CompiledChannel
 from engine.pipeline.context import RunContext
-from engine.pipeline.documents import FHIR_JSON, HL7_V2
+from engine.pipeline.documents import FHIR_JSON, HL7_V2, copy_json
 from engine.protocol.charset import decode_message
 from engine.protocol.er7 import Er7Error, Header, Message
 from engine.store.base import MessageKeys, NewDelivery
@@ -202,8 +202,23 @@ def run_channels(
     context: RunContext | None = None,
 ) -> list[ChannelOutcome]:
     """Each channel's outcome, in order; `context` is what the runs know beyond the message
-    (time, control id for converted messages, appointment state)."""
-    return [c.run(decoded.source, decoded.codec, only, context) for c in channels]
+    (time, control id for converted messages, appointment state). Each channel gets its own
+    copy of the appointment, like its own copy of the message: a custom step that changes it
+    can reach neither the next channel nor the version intake records."""
+    return [c.run(decoded.source, decoded.codec, only, _own(context)) for c in channels]
+
+
+def _own(context: RunContext | None) -> RunContext | None:
+    if context is None or context.appointment is None:
+        return context
+    appointment = context.appointment
+    previous = appointment.previous
+    mine = replace(
+        appointment,
+        resource=copy_json(appointment.resource),
+        previous=copy_json(previous) if previous is not None else None,
+    )
+    return replace(context, appointment=mine)
 
 
 def new_deliveries(outcomes: list[ChannelOutcome], now: float) -> tuple[NewDelivery, ...]:

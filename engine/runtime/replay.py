@@ -105,13 +105,13 @@ class Replayer:
             plan.rejection = f"a duplicate of message {detail.message.duplicate_of}; not replayed"
             return plan
         decoded = self._decode(detail)
-        for attempt in range(1, JUDGE_ATTEMPTS + 1):
+        for _ in range(JUDGE_ATTEMPTS):
             try:
                 return await self._judged(plan, detail, decoded, to, dry_run)
             except StaleJudgement:  # the running engine moved the appointment on meanwhile
-                if attempt == JUDGE_ATTEMPTS:
-                    raise
-        raise AssertionError("unreachable")
+                plan.outcomes = []
+        plan.rejection = "the appointment kept changing while it was replayed; try again"
+        return plan
 
     async def _judged(
         self,

@@ -96,8 +96,7 @@ class NewAppointmentVersion:
     A current version replaces the actors the appointment holds; it holds them over
     [start, end) only when both are set and end > start. `ingest` raises ValueError, and
     stores nothing, for a version the store cannot keep (a field of the wrong type, a
-    non-finite time, an unknown disposition, a `new_id` that is not a FHIR id or already
-    belongs to another appointment).
+    non-finite time, an unknown disposition).
     """
 
     key: str  # "system|value" of the booking identifier (engine.appointments.appointment_key)
@@ -111,19 +110,16 @@ class NewAppointmentVersion:
     end: float | None = None
     actors: tuple[str, ...] = ()  # schedulable actors held (engine.appointments.actors)
     warnings: tuple[AppointmentWarning, ...] = ()
-    # The id to give the appointment when this version creates it (a current version of an
-    # unknown key; ignored otherwise: an appointment keeps its id for life). None: the store
-    # makes one (16 random hex digits).
-    new_id: str | None = None
     # The current version this one was judged against (0: judged as unknown); when set, a
-    # `current` version whose appointment moved on since is refused with `StaleJudgement`
-    # (another process committed in between), so state never goes back. None: not checked.
+    # version (other than `rejected`) whose appointment moved on since is refused with
+    # `StaleJudgement` (another process committed in between), so state never goes back and
+    # an answer never pairs one version's content with another's number. None: not checked.
     base_version: int | None = None
 
 
 class StaleJudgement(Exception):
-    """A `current` version was judged against a version of its appointment that is no longer
-    the current one: nothing was written; judge it again."""
+    """A version was judged against a version of its appointment that is no longer the
+    current one: nothing was written; judge it again."""
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ Rules kept:
 - Every version a message carries gets a history row, whatever its disposition. Only a
   `current` one changes `appointments` and the key's `appointment_actors` (replaced whole: the
   new version's actors, over its [start, end) when that is a non-empty interval).
-- An appointment keeps its id for life: the first current version sets it (the caller's
-  `new_id`, else 16 random hex digits, both FHIR-legal ids) and later versions never change it.
+- An appointment keeps its id for life: the first current version sets it (16 random hex
+  digits, a FHIR-legal id) and later versions never change it.
 - `check` runs on the event loop before a write is queued, so bad input fails its own caller
   with a clear error instead of costing the whole group commit a rollback. Its texts name the
   field, never the value (keys and ids may be patient-linked).
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import secrets
 import sqlite3
 from typing import Any, Final, cast, get_args
@@ -34,7 +33,6 @@ from engine.store.base import (
 )
 
 _DISPOSITIONS: Final = frozenset(get_args(AppointmentDisposition))
-_FHIR_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 APPOINTMENT_COLUMNS: Final = (
     'key, id, version, resource, status, source_time, start, "end", updated_at, message_id'
@@ -103,10 +101,6 @@ def check(version: NewAppointmentVersion) -> None:
         or v.base_version < 0
     ):
         _invalid("base_version must be a version number (0: none), or None")
-    if v.new_id is not None and (
-        not isinstance(v.new_id, str) or _FHIR_ID.fullmatch(v.new_id) is None
-    ):
-        _invalid("new_id must be a FHIR id (1-64 of A-Z a-z 0-9 - .)")
 
 
 def _finite(value: object) -> bool:
@@ -127,14 +121,13 @@ def record(
     appointment's id and current version afterwards ((None, None): still unknown)."""
     row = cur.execute(_CURRENT, (v.key,)).fetchone()
     number: int | None = None
-    judged_against = v.base_version
-    if v.disposition == "current" and judged_against is not None \
-            and judged_against != (row[1] if row is not None else 0):
+    if v.disposition != "rejected" and v.base_version is not None \
+            and v.base_version != (row[1] if row is not None else 0):
         raise StaleJudgement(f"appointment moved on since version {v.base_version}")
     if v.disposition != "current":
         ident, current = (row[0], row[1]) if row is not None else (None, None)
     elif row is None:
-        ident, current = _first_id(cur, v.new_id), 1
+        ident, current = _first_id(cur), 1
         number = current
         cur.execute(
             _INSERT_APPOINTMENT,
@@ -159,11 +152,7 @@ def record(
     return ident, current
 
 
-def _first_id(cur: sqlite3.Cursor, wanted: str | None) -> str:
-    if wanted is not None:
-        if cur.execute(_ID_TAKEN, (wanted,)).fetchone() is not None:
-            raise ValueError("appointment id already belongs to another appointment")
-        return wanted
+def _first_id(cur: sqlite3.Cursor) -> str:
     while True:  # 64 random bits: a repeat is astronomically unlikely, but never fatal
         candidate = secrets.token_hex(8)
         if cur.execute(_ID_TAKEN, (candidate,)).fetchone() is None:

@@ -202,7 +202,15 @@ class FakeFhir(HttpFake):
             answer = self._route(request.method, rel, dict(request.query), parsed, headers)
         prefer = headers.get("prefer", "")
         if "return=minimal" in prefer and answer.status < 300:
-            answer.body = None
+            # For a Bundle, Prefer applies to the entries' resources: the response Bundle
+            # with each entry's status stays (that is what the client reads).
+            shown = answer.body
+            if isinstance(shown, dict) and shown.get("resourceType") == "Bundle":
+                answer.body = {**shown, "entry": [
+                    {k: v for k, v in e.items() if k != "resource"} for e in shown["entry"]
+                ]}
+            else:
+                answer.body = None
         elif "return=OperationOutcome" in prefer and answer.status < 300:
             answer.body = _outcome("informational", "ok", "information")
         recorded = Recorded(

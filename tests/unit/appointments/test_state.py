@@ -167,3 +167,11 @@ def test_warning_texts_carry_ids_not_names() -> None:
                                      source_time=T0).warnings]
     assert len(texts) == 3
     assert not any(marker in t or "MRN1" in t for t in texts)
+
+
+def test_every_warning_kind_has_a_text_for_senders() -> None:
+    from typing import get_args
+
+    from engine.appointments.state import CALLER_TEXT, WarningKind
+
+    assert set(CALLER_TEXT) == set(get_args(WarningKind))

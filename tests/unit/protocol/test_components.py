@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from engine.protocol.er7 import Message, PathError
 
 SAMPLES = sorted((Path(__file__).resolve().parents[3] / "samples").glob("*.hl7"))
-PATHS = ["MSH-1", "MSH-2", "MSH-9", "SCH-1", "SCH-7", "SCH-11", "SCH-11.4", "PID-3", "PID-3.4",
-         "PID-3[2]", "PID-5", "PID-5.1", "PID-11", "AIL-3", "AIL-3.4", "AIP-3", "AIP[2]-3",
-         "NTE-3", "ZZZ-1"]
+PATHS = ["MSH-1", "MSH-2", "MSH-1.1", "MSH-2.1", "MSH-9", "SCH-1", "SCH-7", "SCH-11", "SCH-11.4",
+         "PID-3", "PID-3.4", "PID-3[2]", "PID-5", "PID-5.1", "PID-11", "AIL-3", "AIL-3.4",
+         "AIP-3", "AIP[2]-3", "NTE-3", "ZZZ-1"]
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.name)

@@ -30,7 +30,7 @@ def version(
     end: float | None = T0 + 2 * HOUR,
     actors: tuple[str, ...] = ("Practitioner/DR1",),
     warnings: tuple[AppointmentWarning, ...] = (),
-    new_id: str | None = None,
+    base_version: int | None = None,
     source_time: float | None = T0,
     note: str = "",
 ) -> NewAppointmentVersion:
@@ -53,7 +53,7 @@ def version(
         end=end,
         actors=actors,
         warnings=warnings,
-        new_id=new_id,
+        base_version=base_version,
     )
 
 

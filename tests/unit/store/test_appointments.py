@@ -20,6 +20,7 @@ from engine.store.base import (
     AppointmentWarning,
     Ingested,
     MessageFilter,
+    StaleJudgement,
 )
 from engine.store.sqlite import SqliteStore
 from engine.store.sqlite_schema import MIGRATIONS, prepare, user_version
@@ -83,23 +84,23 @@ async def test_each_new_key_gets_its_own_random_id(store: SqliteStore) -> None:
     assert all(i is not None and len(i) == 16 for i in ids)
 
 
-async def test_new_id_is_honoured_on_creation_only(store: SqliteStore) -> None:
-    made = await store.ingest(carrying("N1", version(new_id="client-chosen.id-1")))
-    assert (made.appointment_id, made.appointment_version) == ("client-chosen.id-1", 1)
-    later = await store.ingest(carrying("N2", version(new_id="another-id", note="v2")))
-    assert (later.appointment_id, later.appointment_version) == ("client-chosen.id-1", 2)
-    assert await store.appointment_by_id("another-id") is None
-
-
-async def test_a_new_id_already_taken_fails_that_ingest_only(store: SqliteStore) -> None:
-    await store.ingest(carrying("T1", version(KEY_A, new_id="taken")))
-    with pytest.raises(ValueError, match="already belongs to another appointment"):
-        await store.ingest(carrying("T2", version(KEY_B, new_id="taken")))
-    assert await store.appointment(KEY_B) is None
-    assert await store.appointment_history(KEY_B) == []
+async def test_a_version_judged_against_an_old_one_fails_that_ingest_only(
+    store: SqliteStore,
+) -> None:
+    await store.ingest(carrying("T1", version(KEY_A, base_version=0)))
+    with pytest.raises(StaleJudgement):  # judged as new, but KEY_A has version 1 now
+        await store.ingest(carrying("T2", version(KEY_A, base_version=0, note="late")))
+    with pytest.raises(StaleJudgement):  # an unchanged one must name the current version too
+        await store.ingest(carrying("T3", version(KEY_A, base_version=7,
+                                                  disposition="unchanged")))
+    row = await store.appointment(KEY_A)
+    assert row is not None and row.version == 1
     assert [m.keys.control_id for m in await store.search(MessageFilter())] == ["T1"]
-    again = await store.ingest(carrying("T3", version(KEY_B)))
-    assert again.appointment_version == 1 and again.appointment_id != "taken"
+    assert len(await store.appointment_history(KEY_A)) == 1
+    # A rejected version is history only: what it was judged against does not matter.
+    await store.ingest(carrying("T4", version(KEY_A, base_version=0, disposition="rejected")))
+    again = await store.ingest(carrying("T5", version(KEY_A, base_version=1, note="v2")))
+    assert again.appointment_version == 2
 
 
 @pytest.mark.parametrize("disposition", ["unchanged", "stale", "rejected"])
@@ -335,8 +336,8 @@ def test_flagged_search_reads_the_partial_index(db_path: Path) -> None:
         ({"actors": ["Practitioner/DR1"]}, "actors must be"),
         ({"actors": ("",)}, "actors must be"),
         ({"warnings": ("text",)}, "warnings must be"),
-        ({"new_id": "has spaces"}, "new_id must be"),
-        ({"new_id": "x" * 65}, "new_id must be"),
+        ({"base_version": -1}, "base_version must be"),
+        ({"base_version": True}, "base_version must be"),
     ],
 )
 async def test_a_version_the_store_cannot_keep_is_refused_clearly(
@@ -360,7 +361,7 @@ async def test_a_restart_keeps_appointments_history_and_actors(
 ) -> None:
     store = SqliteStore(db_path, clock=clock)
     await store.open()
-    first = await store.ingest(carrying("RS1", version(KEY_A, new_id="kept-id")))
+    first = await store.ingest(carrying("RS1", version(KEY_A)))
     await store.ingest(carrying("RS2", version(KEY_A, change="updated", note="2")))
     await store.ingest(carrying("RS3", version(KEY_A, disposition="stale", note="old")))
     await store.ingest(carrying("RS4", version(KEY_B, warnings=(clash(KEY_A),))))
@@ -385,11 +386,11 @@ async def test_a_restart_keeps_appointments_history_and_actors(
         )
         assert after == before
         assert [r.key for r in after[3]] == [KEY_A, KEY_B] and len(after[4]) == 1
-        assert (await again.appointment_by_id("kept-id")) == before[0]
+        assert (await again.appointment_by_id(str(first.appointment_id))) == before[0]
         detail = await again.get(first.message_id)
         assert detail is not None and detail.appointment == before[2][0]
         later = await again.ingest(carrying("RS5", version(KEY_A, note="3")))
-        assert (later.appointment_id, later.appointment_version) == ("kept-id", 3)
+        assert (later.appointment_id, later.appointment_version) == (first.appointment_id, 3)
     finally:
         await again.close()
 

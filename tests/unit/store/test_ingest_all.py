@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.store.base import DuplicateHit, Ingested, MessageFilter
+from engine.store.base import DuplicateHit, Ingested, MessageFilter, StaleJudgement
 from engine.store.sqlite import SqliteStore
 from tests.unit.store.appointment_helpers import KEY_A, KEY_B, T0, carrying, version
 from tests.unit.store.helpers import FakeClock, WriterGate, make_ingest
@@ -85,12 +85,12 @@ async def test_a_failing_item_stores_nothing_of_the_batch_but_fails_no_one_else(
     assert [r.appointment_version for r in retried] == [2, 1]
 
 
-async def test_a_taken_new_id_refuses_the_whole_bundle(store: SqliteStore) -> None:
-    await store.ingest(carrying("O1", version(KEY_A, new_id="fixed-id")))
-    with pytest.raises(ValueError, match="already belongs"):
+async def test_a_stale_judgement_refuses_the_whole_bundle(store: SqliteStore) -> None:
+    await store.ingest(carrying("O1", version(KEY_A)))
+    with pytest.raises(StaleJudgement):
         await store.ingest_all([
-            carrying("O2", version("urn:test|OTHER")),
-            carrying("O3", version(KEY_B, new_id="fixed-id")),
+            carrying("O2", version("urn:test|OTHER", base_version=0)),
+            carrying("O3", version(KEY_A, base_version=0)),
         ])
     assert await store.appointment("urn:test|OTHER") is None
     assert [m.keys.control_id for m in await store.search(MessageFilter())] == ["O1"]
