@@ -90,6 +90,11 @@ class CompiledChannel:
             compile_condition(config.filter) if config.filter is not None else None
         )
         self._steps: list[Step] = [compile_step(spec, ctx) for spec in config.steps]
+        # Whether a step runs project code (a `python` step, a custom converter), which could
+        # change the run's context: intake then gives this channel its own copy of it.
+        self.user_code = any(getattr(step, "user_code", False) for step in self._steps)
+        # A first step that only reads its input (a built-in converter) needs no copy of it.
+        self._copy = not (self._steps and getattr(self._steps[0], "reads_only", False))
         self._lanes = [(d, lane_key(d.order_by)) for d in config.destinations]
 
     def accepts(self, message_type: str) -> bool:
@@ -110,7 +115,10 @@ class CompiledChannel:
         run = context if context is not None else _NO_CONTEXT
         step_label = "parse"
         try:
-            doc = Message.parse(source) if isinstance(source, str) else copy_document(source)
+            if isinstance(source, str):
+                doc: Document = Message.parse(source)
+            else:
+                doc = copy_document(source) if self._copy else source
             charset = doc.get("MSH-18") if isinstance(doc, Message) else None
             step_label = "filter"
             if self._filter is not None:

@@ -202,10 +202,14 @@ def run_channels(
     context: RunContext | None = None,
 ) -> list[ChannelOutcome]:
     """Each channel's outcome, in order; `context` is what the runs know beyond the message
-    (time, control id for converted messages, appointment state). Each channel gets its own
-    copy of the appointment, like its own copy of the message: a custom step that changes it
-    can reach neither the next channel nor the version intake records."""
-    return [c.run(decoded.source, decoded.codec, only, _own(context)) for c in channels]
+    (time, control id for converted messages, appointment state). A channel that runs project
+    code gets its own copy of the appointment, like its own copy of the message: a custom
+    step that changes it can reach neither the next channel nor the version intake records
+    (the engine's own steps only read it)."""
+    return [
+        c.run(decoded.source, decoded.codec, only, _own(context) if c.user_code else context)
+        for c in channels
+    ]
 
 
 def _own(context: RunContext | None) -> RunContext | None:

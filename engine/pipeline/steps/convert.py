@@ -163,6 +163,10 @@ class Convert:
             "appointment_event": self._appointment_event,
         }
         self._convert = converters.get(self.name) or self._custom(ctx)
+        # The built-in converters build a new document and never change their input or the
+        # run's context; a custom one is project code and may.
+        self.reads_only = self.name in BUILT_IN
+        self.user_code = not self.reads_only
 
     def apply(self, doc: Document, run: RunContext) -> Document:
         if self.name in BUILT_IN:

@@ -75,6 +75,10 @@ def loaded(ctx: CompileContext, name: str) -> Callable[..., Any]:
 
 
 class PythonCall:
+    # Project code: it may change what it is handed, the run's context included.
+    user_code = True
+    reads_only = False
+
     def __init__(self, spec: StepSpec, function: Callable[..., Any]) -> None:
         self.label = label(spec)
         self._name = spec.args

@@ -172,3 +172,27 @@ async def test_a_waiter_cancelled_in_the_queue_leaves_no_lock_behind(store: Sqli
     assert gate._locks == {}
     async with gate.hold(KEY):  # and the key is free for the next one
         pass
+
+
+async def test_a_custom_step_cannot_change_the_recorded_version(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    (tmp_path / "meddle.py").write_text(
+        "def cancel(doc, context):\n"
+        "    context.appointment.resource['status'] = 'cancelled'\n"
+        "    return doc\n"
+    )
+    from engine.config.model import StepSpec
+
+    config = ChannelConfig("c", Path("channels/c.yaml"), POS, accept_types=("Appointment",),
+                           steps=(StepSpec("python", "meddle.cancel", POS, 1),))
+    meddling = CompiledChannel(config, CompileContext({}, tmp_path))
+    assert meddling.user_code and not channel().user_code
+    gate = AppointmentGate(store)
+    body = resource()
+    decoded = decode_fhir(body, json.dumps(body).encode())
+    judged, outcomes = await gate.process(decoded, [meddling, channel()], now=T0,
+                                          control_id="C1", source_time=T0)
+    assert judged is not None and [o.status for o in outcomes] == ["ok", "ok"]
+    version = judged.version()
+    assert version.status == "booked" and json.loads(version.resource)["status"] == "booked"
