@@ -1,7 +1,7 @@
 """The `engine` command: argument parsing and dispatch to engine.commands.
 
 `engine run | check | test | send | messages | show | replay | retry | fake-ehr | fake-fhir |
-fake-webhooks | bench`.
+fake-webhooks | bench | certs dev | audit verify | audit search`.
 Every command takes `--config PATH` (default routes.yaml in the current directory);
 channels/ and transforms/ are found beside it.
 """
@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from engine.commands.audit import add_parser as add_audit_parser
 from engine.commands.common import CommandError, fail, load_config, open_for
 from engine.commands.inspect import add_filters
 
@@ -122,6 +123,19 @@ def _parser() -> argparse.ArgumentParser:
         help="measure POSTed FHIR Appointments (fhir-to-siu) instead of the MLLP feed",
     )
     p.add_argument("--json", action="store_true")
+
+    certs = sub.add_parser("certs", help="certificates for TLS",
+                           description="certificates for TLS")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
+    p = certs_sub.add_parser(
+        "dev", help="make a local CA, a server and a client certificate for trying TLS",
+        description="make a local CA, a server and a client certificate for trying TLS",
+    )
+    p.add_argument("--dir", type=Path, default=Path("certs"), help="folder (default: ./certs)")
+    p.add_argument("--host", action="append", default=[], metavar="NAME",
+                   help="another name or IP for the server certificate (repeatable)")
+    p.add_argument("--force", action="store_true", help="replace existing files")
+    add_audit_parser(sub)
     return parser
 
 
@@ -153,6 +167,14 @@ GC_THRESHOLD = 20_000
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "certs":
+        from engine.commands.certs import dev
+
+        return dev(args.dir, args.host, args.force)
+    if args.command == "audit":
+        from engine.commands.audit import run as run_audit
+
+        return run_audit(args)
     config_path: Path = args.config
     if args.command == "check":
         from engine.config import run_check
@@ -228,19 +250,21 @@ def _ignore(line: str) -> None:
 
 async def _store_command(args: argparse.Namespace) -> int:
     from engine.commands import inspect, operate
+    from engine.commands.audit import cli_hook
 
     config = load_config(args.config) if args.command == "replay" else None
+    audit = cli_hook(args.config, getattr(args, "store", None))
     store = await open_for(args.config, getattr(args, "store", None))
     try:
         if args.command == "messages":
-            return await inspect.messages(store, args)
+            return await inspect.messages(store, args, audit=audit)
         if args.command == "show":
-            return await inspect.show(store, args.id, args.json)
+            return await inspect.show(store, args.id, args.json, audit=audit)
         if args.command == "replay":
             assert config is not None
-            return await operate.replay(store, config, args)
+            return await operate.replay(store, config, args, audit=audit)
         if args.command == "retry":
-            return await operate.retry(store, args)
+            return await operate.retry(store, args, audit=audit)
         raise CommandError(f"unknown command {args.command}")
     finally:
         await store.close()

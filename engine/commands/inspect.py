@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from engine.commands.output import dump_json, segments, table, when
+from engine.security.audit import AuditEvent, AuditHook
 from engine.store.base import (
     AppointmentVersionRow,
     MessageDetail,
@@ -70,14 +71,36 @@ def message_filter(args: argparse.Namespace, limit: int | None = None) -> Messag
     )
 
 
+def filter_query(args: argparse.Namespace) -> dict[str, Any]:
+    """The filter as given, for the audit record of a search."""
+    chosen = asdict(message_filter(args))
+    return {k: v for k, v in chosen.items() if v is not None}
+
+
 def _row_json(row: MessageRow) -> dict[str, Any]:
     data = asdict(row)
     data["received"] = when(row.received_at)
     return data
 
 
-async def messages(store: Store, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+async def messages(
+    store: Store, args: argparse.Namespace, out: TextIO = sys.stdout, audit: AuditHook | None = None
+) -> int:
     rows = await store.search(message_filter(args))
+    if audit is not None:  # before anything is shown: what cannot be audited is not printed
+        audit(
+            AuditEvent(
+                "E",  # a search is an execute in IHE BALP ("Query")
+                "engine messages",
+                message_ids=tuple(r.id for r in rows),
+                patient_ids=tuple(dict.fromkeys(p for r in rows for p in r.keys.patient_ids)),
+                appointment_ids=tuple(
+                    dict.fromkeys(a for r in rows for a in r.keys.appointment_ids)
+                ),
+                query=filter_query(args),
+                count=len(rows),
+            )
+        )
     details = [await store.get(r.id) for r in rows]
     deliveries = {
         d.message.id: " ".join(f"{x.destination}:{x.status}" for x in d.deliveries)
@@ -143,8 +166,26 @@ def _detail_json(detail: MessageDetail) -> dict[str, Any]:
     }
 
 
-async def show(store: Store, message_id: int, as_json: bool, out: TextIO = sys.stdout) -> int:
+async def show(
+    store: Store,
+    message_id: int,
+    as_json: bool,
+    out: TextIO = sys.stdout,
+    audit: AuditHook | None = None,
+) -> int:
     detail = await store.get(message_id)
+    if audit is not None:  # before anything is shown, and an attempt on a missing id too
+        keys = detail.message.keys if detail is not None else None
+        audit(
+            AuditEvent(
+                "R",
+                "engine show",
+                outcome=0 if detail is not None else 4,
+                message_ids=(message_id,),
+                patient_ids=keys.patient_ids if keys else (),
+                appointment_ids=keys.appointment_ids if keys else (),
+            )
+        )
     if detail is None:
         sys.stderr.write(f"engine: no message {message_id}\n")
         return 1

@@ -247,11 +247,14 @@ class _Loading:
             )
             return None
         options = {k: v for k, v in spec.items() if k not in ("mllp", "http")}
+        [kind] = kinds
+        block = dict(spec[kind])
+        block["tls"] = semantic.listener_tls(doc, (*path, kind), block, self.problems)
         return ListenerConfig(
             name=name,
             pos=doc.key_at(path),
-            mllp=MllpListenerConfig(**spec["mllp"]) if "mllp" in spec else None,
-            http=HttpListenerConfig(**spec["http"]) if "http" in spec else None,
+            mllp=MllpListenerConfig(**block) if kind == "mllp" else None,
+            http=HttpListenerConfig(**block) if kind == "http" else None,
             **options,
         )
 

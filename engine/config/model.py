@@ -29,12 +29,37 @@ class Pos:
 
 
 @dataclass(frozen=True)
+class ListenerTls:
+    """`tls:` of a listener: its certificate and key; `client_ca` requires client certificates
+    signed by that CA, `allow` narrows them to fingerprints or subjects. Paths are absolute."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
+    allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """`tls:` of a destination: `ca` replaces the system CAs, `cert` + `key` present a client
+    certificate (mutual TLS), `verify: false` turns certificate checks off (logged)."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    verify: bool = True
+
+
+@dataclass(frozen=True)
 class MllpListenerConfig:
     port: int
     host: str = "127.0.0.1"
     max_message_bytes: int = 10 * 1024 * 1024
     idle_timeout: float = 300.0
     max_connections: int = 512
+    tls: ListenerTls | None = None
+    # `plain: allow` lets a listener without TLS bind a non-loopback host.
+    plain: str | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +70,8 @@ class HttpListenerConfig:
     host: str = "127.0.0.1"
     path: str = "/fhir"
     max_body_bytes: int = 1024 * 1024
+    tls: ListenerTls | None = None
+    plain: str | None = None  # as for MLLP
 
 
 @dataclass(frozen=True)

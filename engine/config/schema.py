@@ -66,9 +66,49 @@ def _one_or_list(item: dict[str, Any], **list_rules: Any) -> dict[str, Any]:
     }
 
 
+_PEM_PATH: dict[str, Any] = {"x-unit": PATH, "type": "string", "minLength": 1}
+
+# `tls:` of a listener; its files are loaded by the loader (engine.security.tls), which
+# reports a missing or unusable one at its option.
+LISTENER_TLS = _closed(
+    {
+        "cert": _PEM_PATH,
+        "key": _PEM_PATH,
+        "client_ca": _PEM_PATH,
+        "allow": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "string",
+                "minLength": 1,
+                "x-expected": "a SHA-256 fingerprint, CN=<name> or an RFC 4514 subject",
+            },
+        },
+    },
+    required=["cert", "key"],
+)
+
+# `tls:` of a destination (mllp, fhir, webhook).
+CLIENT_TLS = _closed(
+    {
+        "ca": _PEM_PATH,
+        "cert": _PEM_PATH,
+        "key": _PEM_PATH,
+        "verify": {"type": "boolean"},
+    },
+)
+
+# A listener without TLS on a non-loopback host must say `plain: allow` (loader rule).
+_PLAIN: dict[str, Any] = {
+    "enum": ["allow"],
+    "x-expected": "allow (a listener without tls: on a non-loopback host)",
+}
+
 MLLP_LISTENER = _closed(
     {
         "port": PORT,
+        "tls": LISTENER_TLS,
+        "plain": _PLAIN,
         "host": {"type": "string", "minLength": 1},
         "max_message_bytes": {"x-unit": SIZE, "minimum": 1},
         "idle_timeout": _POSITIVE_DURATION,
@@ -80,6 +120,8 @@ MLLP_LISTENER = _closed(
 HTTP_LISTENER = _closed(
     {
         "port": PORT,
+        "tls": LISTENER_TLS,
+        "plain": _PLAIN,
         "host": {"type": "string", "minLength": 1},
         "path": {
             "type": "string",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config.errors import ConfigProblem
-from engine.config.model import ChannelTest, Condition, ListenerConfig, Pos
+from engine.config.model import ChannelTest, ClientTls, Condition, ListenerConfig, ListenerTls, Pos
 from engine.config.schema import COMBINATORS, FIELD_TESTS
 from engine.config.yaml_nodes import Doc, KeyPath
 
@@ -274,3 +274,63 @@ def unique_destinations(
                 f"({pos.file.name}:{pos.line}:{pos.column}); destination names must be unique",
             ))
         first.setdefault(name, (channel, where))
+
+
+def listener_tls(
+    doc: Doc, path: KeyPath, block: Mapping[str, Any], problems: list[ConfigProblem]
+) -> ListenerTls | None:
+    """The `tls:` of a listener block (`path` is `listeners.<name>.<mllp|http>`), loaded as
+    the listener will load it so that a missing or unusable file is a problem at its option.
+    The transport rule: no `tls` on a non-loopback host needs `plain: allow`, and `plain`
+    beside `tls` contradicts it."""
+    from engine.security.tls import TlsConfigError, is_loopback, server_context
+
+    spec = block.get("tls")
+    plain = block.get("plain")
+    host = str(block.get("host", "127.0.0.1"))
+    if spec is None:
+        if plain is None and not is_loopback(host):
+            problems.append(ConfigProblem(
+                doc.key_at(path),
+                f"a listener on {host} (not loopback) needs tls: {{cert, key}}; to accept "
+                "unencrypted connections from the network say plain: allow",
+            ))
+        return None
+    if plain is not None:
+        problems.append(ConfigProblem(
+            doc.key_at((*path, "plain")), "plain: allow contradicts tls: remove one of them"
+        ))
+    tls = ListenerTls(
+        cert=spec["cert"], key=spec["key"], client_ca=spec.get("client_ca"),
+        allow=tuple(spec.get("allow", ())),
+    )
+    try:
+        server_context(tls)
+    except TlsConfigError as exc:
+        problems.append(ConfigProblem(_tls_option_pos(doc, (*path, "tls"), spec, exc.option),
+                                      exc.message))
+    return tls
+
+
+def client_tls(
+    spec: Mapping[str, Any], at: Any, problems: list[ConfigProblem]
+) -> ClientTls:
+    """A destination's `tls:` (schema-checked), its files loaded as the destination will load
+    them; `at(("tls", "ca"))` positions a problem."""
+    from engine.security.tls import TlsConfigError, client_context
+
+    tls = ClientTls(ca=spec.get("ca"), cert=spec.get("cert"), key=spec.get("key"),
+                    verify=bool(spec.get("verify", True)))
+    try:
+        # Quietly: the warning about verify: false belongs to start-up, not to a check.
+        client_context(ClientTls(tls.ca, tls.cert, tls.key, True))
+    except TlsConfigError as exc:
+        where: tuple[str | int, ...] = ("tls", exc.option) if exc.option in spec else ("tls",)
+        problems.append(ConfigProblem(at(where), exc.message))
+    return tls
+
+
+def _tls_option_pos(doc: Doc, path: KeyPath, spec: Mapping[str, Any], option: str) -> Pos:
+    if option.startswith("allow["):
+        return doc.at((*path, "allow", int(option[6:-1])))
+    return doc.at((*path, option)) if option in spec else doc.at(path)

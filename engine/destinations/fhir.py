@@ -9,8 +9,9 @@ The rule it keeps: `Sent` only on a 2xx. 429, 5xx, 408, timeouts and dropped con
 `Retry` (with the server's `Retry-After`, seconds or HTTP-date, as `after`); a 401 renews the
 bearer token and tries once more at once, then is a `Retry`; any other answer is a `Reject`
 that keeps the OperationOutcome as the response. Reasons name the server, the status and the
-OperationOutcome issue codes only: never the payload, its identifier, a diagnostics text (it
-may quote the patient), a token or a secret.
+OperationOutcome issue codes only (a TLS failure: the server's scheme://host:port and that its
+certificate was refused or the handshake failed): never the payload, its identifier, a
+diagnostics text (it may quote the patient), a token or a secret.
 
 One aiohttp session per destination, opened by the first send and closed by `close()`; its
 connection pool holds `connections` connections, which is also `concurrency`. The token
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,8 +43,22 @@ from engine.config.model import DestinationConfig
 from engine.config.registry import Plugin
 from engine.config.units import PATH
 from engine.destinations.base import DeliveryMeta, Outcome, Reject, Retry, Sent
-from engine.destinations.http_common import origin, read_capped, retry_after
-from engine.destinations.options import MAX_CONNECTIONS, connections_option, timeout_option
+from engine.destinations.http_common import (
+    client_ssl,
+    endpoint,
+    origin,
+    read_capped,
+    retry_after,
+)
+from engine.destinations.options import (
+    MAX_CONNECTIONS,
+    check_tls,
+    client_tls,
+    connections_option,
+    timeout_option,
+    tls_option,
+)
+from engine.security.tls import handshake_failed, refused
 
 FHIR_JSON = "application/fhir+json"
 DEFAULT_TIMEOUT = 30.0
@@ -117,8 +133,11 @@ PLUGIN = Plugin(
                 "then": _SMART_BACKEND,
                 "else": _CLIENT_CREDENTIALS,
             },
+            "tls": tls_option("For an https:// base_url: {ca, cert, key, verify}; without it "
+                              "the system CAs verify the server."),
         },
     },
+    check=lambda args, ctx: check_tls(args, ctx, "base_url"),
 )
 
 
@@ -132,6 +151,7 @@ def build(config: DestinationConfig) -> FhirDestination:
         connections=int(opts.get("connections", DEFAULT_CONNECTIONS)),
         auth=auth_from_options(raw_auth) if isinstance(raw_auth, dict) else None,
         mode="transaction" if opts.get("mode") == "transaction" else "update",
+        tls=client_tls(opts, config.name) if "tls" in opts else None,
     )
 
 
@@ -173,6 +193,7 @@ class FhirDestination:
         auth: ClientSecretAuth | SmartBackendAuth | None = None,
         clock: Callable[[], float] = time.time,
         mode: Literal["update", "transaction"] = "update",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if not 1 <= connections <= MAX_CONNECTIONS:
             raise ValueError(f"connections must be 1..{MAX_CONNECTIONS}, got {connections}")
@@ -185,6 +206,8 @@ class FhirDestination:
         self.auth = auth
         self.mode = mode
         self.peer = origin(base_url)
+        self.tls_peer = endpoint(base_url)
+        self._ssl = client_ssl(base_url, tls)
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._tokens: TokenClient | None = None
@@ -235,7 +258,7 @@ class FhirDestination:
 
     def _open(self) -> tuple[aiohttp.ClientSession, TokenClient | None]:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self.concurrency)
+            connector = aiohttp.TCPConnector(limit=self.concurrency, ssl=self._ssl)
             self._session = aiohttp.ClientSession(connector=connector)
             if self.auth is not None:
                 # Its own session: slow FHIR requests holding every pooled connection must
@@ -282,6 +305,10 @@ class FhirDestination:
                 return response.status, body, response.headers.get("Retry-After")
         except TimeoutError:
             return Retry(f"no answer from {self.peer} within {self.timeout:g} s")
+        except aiohttp.ClientConnectorCertificateError:
+            return Retry(refused(self.tls_peer))
+        except aiohttp.ClientSSLError:
+            return Retry(handshake_failed(self.tls_peer))
         except aiohttp.ClientConnectorError:
             return Retry(f"could not connect to {self.peer}")
         except aiohttp.ClientError as exc:

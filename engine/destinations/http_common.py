@@ -1,5 +1,5 @@
 """What the HTTP destinations (fhir, webhook) share: the peer's origin for reasons, response
-bodies read up to a cap, and `Retry-After` read safely.
+bodies read up to a cap, `Retry-After` read safely, and the TLS context of their connector.
 
 Rules: a reason names a peer only by `scheme://host[:port]` (a URL's path, query or userinfo
 may hold credentials or identifiers); a response body is kept up to 64 KiB (it is stored
@@ -9,11 +9,14 @@ negative, never longer than a day, and an unreadable header is ignored rather th
 
 from __future__ import annotations
 
+import ssl
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import aiohttp
+
+from engine.security.tls import client_context
 
 MAX_RETRY_AFTER = 86400.0
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -61,3 +64,21 @@ def retry_after(value: str | None, now: float) -> float | None:
     if when.tzinfo is None:  # "-0000" zones: RFC 5322 says UTC with no local meaning
         when = when.replace(tzinfo=UTC)
     return min(max(when.timestamp() - now, 0.0), MAX_RETRY_AFTER)
+
+
+def endpoint(url: str) -> str:
+    """`scheme://host:port` with the port always given (443 / 80 when the URL has none): how
+    a TLS failure names the peer."""
+    named = origin(url)
+    scheme, rest = named.split("://", 1)
+    if urlsplit(url).port is not None:
+        return named
+    return f"{named}:{443 if scheme == 'https' else 80}" if rest else named
+
+
+def client_ssl(url: str, tls: ssl.SSLContext | None) -> ssl.SSLContext | bool:
+    """What `aiohttp.TCPConnector(ssl=...)` gets: the destination's own context, else for an
+    https:// URL the engine's default client context (system CAs, TLS 1.2 minimum)."""
+    if tls is not None:
+        return tls
+    return client_context(None) if url.lower().startswith("https://") else True

@@ -10,6 +10,10 @@ replaced, because a late ACK on it would be taken for the next message's.
 MLLP allows one message in flight per connection, so the destination keeps a pool of up to
 `connections` connections (opened lazily, reused across sends) and `concurrency` equals it.
 Reasons never include message content; they name host:port, timeouts, ACK codes and MSA-3.
+
+With `tls:` the connections are MLLP inside TLS (`engine.security.tls` client context: the
+server's certificate and host name verified, TLS 1.2 minimum); a certificate that fails
+verification is a `Retry` naming `mllps://host:port` and nothing else.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import select
+import ssl
 from collections import deque
 from typing import cast
 
@@ -26,11 +31,18 @@ from engine.config.registry import Plugin
 from engine.config.schema import PORT
 from engine.config.units import DURATION, SIZE
 from engine.destinations.base import DeliveryMeta, Outcome, Reject, Retry, Sent
-from engine.destinations.options import MAX_CONNECTIONS, connections_option
+from engine.destinations.options import (
+    MAX_CONNECTIONS,
+    check_tls,
+    client_tls,
+    connections_option,
+    tls_option,
+)
 from engine.protocol.ack import AckInfo, parse_ack
 from engine.protocol.charset import decode_message
 from engine.protocol.er7 import Er7Error, peek_header
 from engine.protocol.mllp import Event, Framer, Oversized, Truncated, frame
+from engine.security.tls import handshake_failed, refused
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +75,11 @@ PLUGIN = Plugin(
                 1, "Persistent connections, one message in flight on each."
             ),
             "max_ack_bytes": {"x-unit": SIZE, "minimum": 1, "default": DEFAULT_MAX_ACK_BYTES},
+            "tls": tls_option("MLLP over TLS: {ca, cert, key, verify}; ca defaults to the "
+                              "system CAs."),
         },
     },
+    check=check_tls,
 )
 
 _SENT_CODES = frozenset({"AA", "CA"})
@@ -82,6 +97,7 @@ def build(config: DestinationConfig) -> MllpDestination:
         connect_timeout=float(opts.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)),
         connections=int(opts.get("connections", 1)),
         max_ack_bytes=int(opts.get("max_ack_bytes", DEFAULT_MAX_ACK_BYTES)),
+        tls=client_tls(opts, config.name) if "tls" in opts else None,
     )
 
 
@@ -99,6 +115,7 @@ class MllpDestination:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         connections: int = 1,
         max_ack_bytes: int = DEFAULT_MAX_ACK_BYTES,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if not 1 <= connections <= MAX_CONNECTIONS:
             raise ValueError(f"connections must be 1..{MAX_CONNECTIONS}, got {connections}")
@@ -113,7 +130,8 @@ class MllpDestination:
         self.ack_timeout = ack_timeout
         self.connect_timeout = connect_timeout
         self.max_ack_bytes = max_ack_bytes
-        self.peer = f"{host}:{port}"
+        self.tls = tls
+        self.peer = f"{host}:{port}" if tls is None else f"mllps://{host}:{port}"
         self._slots = asyncio.Semaphore(connections)
         self._idle: list[_Link] = []
         self._links: set[_Link] = set()
@@ -172,13 +190,24 @@ class MllpDestination:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, link = await loop.create_connection(
-                    lambda: _Link(self.max_ack_bytes), self.host, self.port
-                )
+                if self.tls is None:
+                    _, link = await loop.create_connection(
+                        lambda: _Link(self.max_ack_bytes), self.host, self.port
+                    )
+                else:
+                    _, link = await loop.create_connection(
+                        lambda: _Link(self.max_ack_bytes), self.host, self.port,
+                        ssl=self.tls, server_hostname=self.host,
+                        ssl_handshake_timeout=self.connect_timeout,
+                    )
         except TimeoutError:
             return Retry(f"could not connect to {self.peer} within {self.connect_timeout:g} s")
         except ConnectionRefusedError:
             return Retry(f"connection refused by {self.peer}")
+        except ssl.SSLCertVerificationError:
+            return Retry(refused(self.peer))
+        except ssl.SSLError:
+            return Retry(handshake_failed(self.peer))
         except OSError as exc:
             return Retry(f"could not connect to {self.peer}: {exc}")
         self.connects += 1

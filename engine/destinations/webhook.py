@@ -11,6 +11,8 @@ The rules it keeps:
   a `Reject` without a request, and one alert line goes to the `engine.alerts` logger; any
   other status (3xx included: redirects are not followed, so a signed body never lands on a
   host nobody configured) is a `Reject`.
+- an https:// URL is verified against the system CAs, or `tls.ca`; a certificate that fails
+  is a `Retry` naming scheme://host:port and saying it was refused, nothing else.
 - no reason or log line carries the URL's path, query or credentials, a secret or the body:
   the endpoint is named by scheme, host and port only.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,8 +36,22 @@ from engine.config.errors import ConfigProblem
 from engine.config.model import DestinationConfig
 from engine.config.registry import CheckContext, Plugin
 from engine.destinations.base import DeliveryMeta, Outcome, Reject, Retry, Sent
-from engine.destinations.http_common import origin, read_capped, retry_after
-from engine.destinations.options import MAX_CONNECTIONS, connections_option, timeout_option
+from engine.destinations.http_common import (
+    client_ssl,
+    endpoint,
+    origin,
+    read_capped,
+    retry_after,
+)
+from engine.destinations.options import (
+    MAX_CONNECTIONS,
+    check_tls,
+    client_tls,
+    connections_option,
+    timeout_option,
+    tls_option,
+)
+from engine.security.tls import handshake_failed, refused
 from engine.webhooks import WebhookSecret, headers
 
 alerts = logging.getLogger("engine.alerts")
@@ -80,6 +97,8 @@ PLUGIN_SCHEMA: dict[str, Any] = {
         "connections": connections_option(
             DEFAULT_CONNECTIONS, "Requests in flight at once (pooled keep-alive connections)."
         ),
+        "tls": tls_option("For an https:// url: {ca, cert, key, verify}; without it the "
+                          "system CAs verify the subscriber."),
     },
 }
 
@@ -94,7 +113,7 @@ def _check(args: Any, ctx: CheckContext) -> list[ConfigProblem]:
     same cause would only send the reader looking for a second mistake."""
     if not isinstance(args, dict):
         return []
-    problems = []
+    problems = check_tls(args, ctx, "url")
     for option in _SECRET_OPTIONS:
         value = args.get(option)
         if not isinstance(value, str) or not value or env.is_secret_reference(value):
@@ -123,6 +142,7 @@ def build(config: DestinationConfig) -> WebhookDestination:
         secrets=secrets,
         timeout=float(opts.get("timeout", DEFAULT_TIMEOUT)),
         connections=int(opts.get("connections", DEFAULT_CONNECTIONS)),
+        tls=client_tls(opts, config.name) if "tls" in opts else None,
     )
 
 
@@ -148,6 +168,7 @@ class WebhookDestination:
         timeout: float = DEFAULT_TIMEOUT,
         connections: int = DEFAULT_CONNECTIONS,
         clock: Callable[[], float] = time.time,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if not 1 <= connections <= MAX_CONNECTIONS:
             raise ValueError(f"connections must be 1..{MAX_CONNECTIONS}, got {connections}")
@@ -158,6 +179,8 @@ class WebhookDestination:
         # Scheme, host and port name the endpoint in reasons and logs: the path and query of
         # a webhook URL often hold a token.
         self.origin = origin(url)
+        self.tls_peer = endpoint(url)
+        self._ssl = client_ssl(url, tls)
         self.name = name
         self.concurrency = connections
         self.url = url
@@ -188,6 +211,10 @@ class WebhookDestination:
                 return self._judge(response.status, response.headers.get("Retry-After"), body)
         except TimeoutError:
             return Retry(f"no answer from {self.origin} within {self.timeout:g} s")
+        except aiohttp.ClientConnectorCertificateError:
+            return Retry(refused(self.tls_peer))
+        except aiohttp.ClientSSLError:
+            return Retry(handshake_failed(self.tls_peer))
         except aiohttp.ClientConnectorError as exc:
             # The OS reason only: the exception's own text repeats the URL.
             why = exc.os_error.strerror or type(exc.os_error).__name__
@@ -206,7 +233,7 @@ class WebhookDestination:
         # destination is built before the loop that will drive it exists.
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.concurrency),
+                connector=aiohttp.TCPConnector(limit=self.concurrency, ssl=self._ssl),
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 # Ambient proxy settings are ignored: where events go is in the configuration.
                 trust_env=False,

@@ -13,6 +13,11 @@ OperationOutcome, never an HTML page or a stack trace; a body over `max_body_byt
 refused with 413 while it streams in, before it is held in memory whole; nothing logged or
 returned quotes the body; the access log is off (URLs carry ids). `Prefer: return=minimal`
 and `return=OperationOutcome` are honoured on success.
+
+With `tls:` it serves HTTPS (engine.security.tls). A client certificate not on the listener's
+`allow` list gets a 403 OperationOutcome (`forbidden`) for every request on that connection:
+an HTTP client sees why, which a closed connection would not tell it; the log line names the
+certificate's fingerprint only.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from engine.fhir.rest import FhirAnswer, answer_headers, fail, presented
 from engine.fhir.validation import parse_appointment
 from engine.listeners.fhir_bundles import handle_bundle
 from engine.runtime.fhir_intake import FhirIntake, FhirRequest
+from engine.security.tls import AllowList, peer_refusal, server_context
 
 log = logging.getLogger("engine.listener")
 
@@ -78,6 +84,9 @@ class HttpListener:
         self._base = "/" + self.http.path.strip("/") if self.http.path.strip("/") else ""
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
+        tls = self.http.tls
+        self.ssl = server_context(tls) if tls is not None else None
+        self.allow = AllowList(tls.allow if tls is not None else ())
 
     @property
     def port(self) -> int:
@@ -96,11 +105,13 @@ class HttpListener:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         self._site = web.TCPSite(
-            self._runner, self.http.host, self.http.port, reuse_address=True, backlog=1024
+            self._runner, self.http.host, self.http.port, reuse_address=True, backlog=1024,
+            ssl_context=self.ssl,
         )
         await self._site.start()
-        log.info("listener %s: FHIR on http://%s:%d%s", self.config.name, self.http.host,
-                 self.port, self._base)
+        scheme = "http" if self.ssl is None else "https"
+        log.info("listener %s: FHIR on %s://%s:%d%s", self.config.name, scheme,
+                 self.http.host, self.port, self._base)
 
     async def stop(self) -> None:
         """Stop accepting; requests in progress finish (and get their answer) first."""
@@ -109,6 +120,14 @@ class HttpListener:
             self._runner = None
 
     async def _handle(self, request: web.Request) -> web.Response:
+        if self.allow:
+            transport = request.transport
+            ssl_object = transport.get_extra_info("ssl_object") if transport else None
+            refusal = peer_refusal(self.allow, ssl_object)
+            if refusal is not None:
+                log.warning("listener %s: request refused, %s", self.config.name, refusal)
+                return self._error(fail(403, "forbidden",
+                                        "client certificate is not allowed on this listener"))
         try:
             return await self._route(request)
         except Exception as exc:  # a bug must cost one request, never the listener

@@ -6,6 +6,11 @@ touches another connection: an oversized frame gets an AR and the connection sta
 garbage outside frames is skipped and counted; EOF inside a frame is counted and logged; an
 idle connection is closed after `idle_timeout`; connections past `max_connections` are
 closed at once. Reading pauses while a connection has frames waiting (backpressure).
+
+With `tls:` the listener speaks MLLP inside TLS (engine.security.tls: TLS 1.2 minimum, modern
+ciphers; a client certificate required with `client_ca`). A client whose certificate is not on
+the listener's `allow` list is closed at once, before a byte of MLLP is read; the log line
+names the listener and the certificate's fingerprint, nothing the peer sent.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ from typing import cast
 from engine.config.model import ListenerConfig
 from engine.protocol.mllp import Frame, Framer, Oversized, Truncated, frame
 from engine.runtime.intake import Intake
+from engine.security.tls import AllowList, peer_refusal, server_context
 
 log = logging.getLogger("engine.listener")
 
 # Pause reading once this many frames wait on one connection (a sender must wait for each
 # ACK anyway; this bounds memory when one does not).
 MAX_PENDING_FRAMES = 64
+# A client that connects and never finishes the TLS handshake holds a socket: cap its time.
+HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclass
@@ -37,6 +45,7 @@ class ListenerStats:
     truncated: int = 0
     stray_bytes: int = 0
     idle_closed: int = 0
+    tls_refused: int = 0
 
 
 class MllpConnection(asyncio.Protocol):
@@ -59,6 +68,13 @@ class MllpConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         stats = self._listener.stats
+        refusal = peer_refusal(self._listener.allow, transport.get_extra_info("ssl_object"))
+        if refusal is not None:
+            stats.tls_refused += 1
+            log.warning("listener %s: connection refused, %s", self._config.name, refusal)
+            self._closed = True
+            self._transport.abort()
+            return
         if stats.connections >= self._mllp.max_connections:
             stats.refused += 1
             log.warning(
@@ -186,6 +202,11 @@ class MllpListener:
         self.stats = ListenerStats()
         self.connections: set[MllpConnection] = set()
         self._server: asyncio.Server | None = None
+        tls = self.mllp.tls
+        # Built here, not at start: a bad file fails the engine's construction, before
+        # anything binds.
+        self.ssl = server_context(tls) if tls is not None else None
+        self.allow = AllowList(tls.allow if tls is not None else ())
 
     @property
     def port(self) -> int:
@@ -200,8 +221,11 @@ class MllpListener:
             self.mllp.port,
             reuse_address=True,
             backlog=1024,
+            ssl=self.ssl,
+            ssl_handshake_timeout=None if self.ssl is None else HANDSHAKE_TIMEOUT,
         )
-        log.info("listener %s: MLLP on %s:%d", self.config.name, self.mllp.host, self.port)
+        log.info("listener %s: %s on %s:%d", self.config.name,
+                 "MLLP" if self.ssl is None else "MLLP over TLS", self.mllp.host, self.port)
 
     async def stop(self) -> None:
         """Stop accepting, let in-progress messages finish and ACK, then close."""

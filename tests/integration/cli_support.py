@@ -36,8 +36,12 @@ EVENTS_CHANNEL = "channels/appointment-events.yaml"
 FAST_RETRY = "retry: {attempts: 2, backoff: exponential, first: 50ms, max: 200ms}"
 NEW_PATIENT = "samples/siu_s12_new_patient.hl7"
 PIPE = asyncio.subprocess.PIPE
-# The variables the example's channels read; a developer's own values must not leak in.
-EXAMPLE_VARIABLES = ("WEBHOOK_SECRET", "FHIR_BASE_URL", "NOTIFICATIONS_URL")
+# The variables the example's channels read, and the audit key's; a developer's own values
+# must not leak in.
+EXAMPLE_VARIABLES = (
+    "WEBHOOK_SECRET", "FHIR_BASE_URL", "NOTIFICATIONS_URL",
+    "ENGINE_AUDIT_KEY", "ENGINE_AUDIT_KEY_FILE", "ENGINE_AUDIT_DB",
+)
 # As an operator's shell runs them: with stdout block-buffered when it is a pipe, so a command
 # that forgets to flush (or to handle a closed pipe at exit) shows here.
 CLI_ENV = {
@@ -52,9 +56,15 @@ def webhook_secret() -> str:
 
 
 def example_env(**values: str) -> dict[str, str]:
-    """What a user's shell holds for the example: a WEBHOOK_SECRET (as `make run` sets) and
-    any of the other example variables given."""
-    return {**CLI_ENV, "WEBHOOK_SECRET": webhook_secret(), **values}
+    """What a user's shell holds for the example: a WEBHOOK_SECRET (as `make run` sets), an
+    audit key (so the store commands are audited, not warned about) and any of the other
+    example variables given."""
+    return {
+        **CLI_ENV,
+        "WEBHOOK_SECRET": webhook_secret(),
+        "ENGINE_AUDIT_KEY": secrets.token_hex(32),
+        **values,
+    }
 
 
 def free_ports(count: int) -> list[int]:
