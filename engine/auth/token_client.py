@@ -19,6 +19,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Any, Literal
 from urllib.parse import quote_plus, urlsplit
 
@@ -91,8 +92,11 @@ class TokenClient:
         clock: Callable[[], float] = time.time,
         early: float = 30.0,
         timeout: float = 10.0,
+        ssl: SSLContext | bool = True,
     ) -> None:
         self.auth = auth
+        # TLS of the session it opens itself (engine.security.tls.client_context for https).
+        self._ssl = ssl
         self._session = session
         self._own_session = session is None
         self._clock = clock
@@ -155,7 +159,7 @@ class TokenClient:
         if auth.scope:
             form["scope"] = auth.scope
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl))
         started = self._clock()
         try:
             async with self._session.post(

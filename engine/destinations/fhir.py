@@ -208,6 +208,7 @@ class FhirDestination:
         self.peer = origin(base_url)
         self.tls_peer = endpoint(base_url)
         self._ssl = client_ssl(base_url, tls)
+        self._token_ssl = client_ssl(auth.token_url, tls) if auth is not None else True
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._tokens: TokenClient | None = None
@@ -263,7 +264,13 @@ class FhirDestination:
             if self.auth is not None:
                 # Its own session: slow FHIR requests holding every pooled connection must
                 # not keep a token renewal waiting.
-                self._tokens = TokenClient(self.auth, timeout=min(self.timeout, TOKEN_TIMEOUT))
+                # The token endpoint gets the destination's TLS settings (its `ca`, its client
+                # certificate) when it has some, else the engine's defaults for https.
+                self._tokens = TokenClient(
+                    self.auth,
+                    timeout=min(self.timeout, TOKEN_TIMEOUT),
+                    ssl=self._token_ssl,
+                )
         return self._session, self._tokens
 
     async def _token(self, tokens: TokenClient | None) -> str | Retry | None:

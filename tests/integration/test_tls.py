@@ -19,6 +19,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from engine.auth.token_client import ClientSecretAuth
 from engine.config.model import ClientTls, ListenerTls
 from engine.destinations.base import DeliveryMeta, Retry, Sent
 from engine.destinations.fhir import FhirDestination
@@ -315,6 +316,9 @@ async def https_fhir_server(certs: DevCerts) -> AsyncIterator[tuple[int, list[st
     async def handle(request: web.Request) -> web.Response:
         seen.append(request.path)
         await request.read()
+        if request.path == "/token":  # an OAuth token endpoint on the same server
+            return web.json_response(
+                {"access_token": "synthetic-token", "token_type": "bearer", "expires_in": 300})
         return web.json_response({"resourceType": "Appointment", "id": "1"}, status=201)
 
     app = web.Application()
@@ -387,3 +391,24 @@ async def test_channel_delivery_to_a_wrong_certificate_fails_and_says_why(
         assert row.attempts == 3  # the first try and two retries
         assert row.last_error == refused(f"mllps://127.0.0.1:{ehr_port}")
         assert await stored(ehr) == 0
+
+
+async def test_the_token_endpoint_gets_the_destinations_tls_settings(certs: DevCerts) -> None:
+    """The bearer token is fetched with the destination's `ca` too: with it the token and the
+    write go through; with the system CAs only, neither leaves the engine."""
+    payload = json.dumps(appointment()).encode()
+    async with https_fhir_server(certs) as (port, seen):
+        base = f"https://127.0.0.1:{port}"
+        auth = ClientSecretAuth(f"{base}/token", "engine-test", "synthetic-secret")
+        trusted = FhirDestination("fhir", base_url=f"{base}/fhir", timeout=5, auth=auth,
+                                  tls=client_context(ClientTls(ca=str(certs.ca))))
+        untrusted = FhirDestination("fhir", base_url=f"{base}/fhir", timeout=5, auth=auth)
+        try:
+            refused_outcome = await untrusted.send(payload, META)
+            assert isinstance(refused_outcome, Retry) and seen == []
+            outcome = await trusted.send(payload, META)
+            assert isinstance(outcome, Sent) and outcome.code == "201"
+            assert seen == ["/token", "/fhir/Appointment"]
+        finally:
+            await trusted.close()
+            await untrusted.close()
