@@ -1,7 +1,7 @@
 """The `engine` command: argument parsing and dispatch to engine.commands.
 
 `engine run | check | test | send | messages | show | replay | retry | fake-ehr | fake-fhir |
-fake-webhooks | bench | certs dev | audit verify | audit search`.
+fake-webhooks | bench | certs dev | audit verify | audit search | users ... | apikeys ...`.
 Every command takes `--config PATH` (default routes.yaml in the current directory);
 channels/ and transforms/ are found beside it.
 """
@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from engine.commands.audit import add_parser as add_audit_parser
 from engine.commands.common import CommandError, fail, load_config, open_for
+from engine.commands.identities import add_parsers as add_identity_parsers
 from engine.commands.inspect import add_filters
 
 T = TypeVar("T")
@@ -136,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="another name or IP for the server certificate (repeatable)")
     p.add_argument("--force", action="store_true", help="replace existing files")
     add_audit_parser(sub)
+    add_identity_parsers(sub)
     return parser
 
 
@@ -175,6 +177,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from engine.commands.audit import run as run_audit
 
         return run_audit(args)
+    if args.command in ("users", "apikeys"):
+        from engine.commands.identities import run as run_identities
+
+        return run_identities(args)
     config_path: Path = args.config
     if args.command == "check":
         from engine.config import run_check

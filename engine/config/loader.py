@@ -249,6 +249,8 @@ class _Loading:
         options = {k: v for k, v in spec.items() if k not in ("mllp", "http")}
         [kind] = kinds
         block = dict(spec[kind])
+        if kind == "http":
+            block["rate_limit"] = semantic.rate_limit(doc, (*path, kind), block, self.problems)
         block["tls"] = semantic.listener_tls(doc, (*path, kind), block, self.problems)
         return ListenerConfig(
             name=name,

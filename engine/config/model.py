@@ -63,8 +63,28 @@ class MllpListenerConfig:
 
 
 @dataclass(frozen=True)
+class Rate:
+    """`count` requests per `seconds` (1, 60 or 3600); `text` as written, like `100/hour`."""
+
+    count: int
+    seconds: float
+    text: str
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """`rate_limit:` of an HTTP listener (engine.security.ratelimit). `per_ip` keys by the
+    peer address (IPv6 by its /64); `per_client` by the client's identity (today the
+    fingerprint of a verified client certificate). None = that limit is off."""
+
+    per_ip: Rate | None = None
+    per_client: Rate | None = None
+
+
+@dataclass(frozen=True)
 class HttpListenerConfig:
-    """A FHIR REST endpoint: `path` is the FHIR base (`/fhir` serves `/fhir/Appointment`)."""
+    """A FHIR REST endpoint: `path` is the FHIR base (`/fhir` serves `/fhir/Appointment`).
+    No `rate_limit` (the default) means no request-rate limit on the listener."""
 
     port: int
     host: str = "127.0.0.1"
@@ -72,6 +92,7 @@ class HttpListenerConfig:
     max_body_bytes: int = 1024 * 1024
     tls: ListenerTls | None = None
     plain: str | None = None  # as for MLLP
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,18 @@ MLLP_LISTENER = _closed(
     required=["port"],
 )
 
+# `rate_limit:` of an HTTP listener (engine.security.ratelimit); absent = no limit. The
+# pattern is RATE_PATTERN there, written out here to keep this module free of the runtime.
+_RATE: dict[str, Any] = {
+    "type": "string",
+    "pattern": "^[1-9][0-9]{0,8}/(second|minute|hour)$",
+    "x-expected": "a rate like 100/hour: a whole number of requests per second, minute or hour",
+}
+RATE_LIMIT = _closed({"per_ip": _RATE, "per_client": _RATE}) | {
+    "minProperties": 1,
+    "x-expected": "per_ip and/or per_client, like {per_ip: 100/hour}",
+}
+
 HTTP_LISTENER = _closed(
     {
         "port": PORT,
@@ -129,6 +141,7 @@ HTTP_LISTENER = _closed(
             "x-expected": "a URL path like /fhir",
         },
         "max_body_bytes": {"x-unit": SIZE, "minimum": 1},
+        "rate_limit": RATE_LIMIT,
     },
     required=["port"],
 )

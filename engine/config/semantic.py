@@ -1,7 +1,8 @@
 """Rules a schema cannot express: field paths parse, regexes compile, one test per filter
 condition, routes name existing listeners and channels, every listener is routed, destination
 names are unique across channels, channel tests name existing inputs and destinations and
-expect field paths (HL7 v2 output) or element paths (JSON output).
+expect field paths (HL7 v2 output) or element paths (JSON output), an HTTP listener's
+`rate_limit.per_client` has client identities to count by.
 
 Functions here take already schema-checked data and stay defensive about shapes (the schema
 problem was reported; a second one about the same node would be noise). Where a rule builds
@@ -16,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from engine.config.errors import ConfigProblem
-from engine.config.model import ChannelTest, ClientTls, Condition, ListenerConfig, ListenerTls, Pos
+from engine.config.model import (
+    ChannelTest,
+    ClientTls,
+    Condition,
+    ListenerConfig,
+    ListenerTls,
+    Pos,
+    RateLimit,
+)
 from engine.config.schema import COMBINATORS, FIELD_TESTS
 from engine.config.yaml_nodes import Doc, KeyPath
 
@@ -334,3 +343,33 @@ def _tls_option_pos(doc: Doc, path: KeyPath, spec: Mapping[str, Any], option: st
     if option.startswith("allow["):
         return doc.at((*path, "allow", int(option[6:-1])))
     return doc.at((*path, option)) if option in spec else doc.at(path)
+
+
+def rate_limit(
+    doc: Doc, path: KeyPath, block: Mapping[str, Any], problems: list[ConfigProblem]
+) -> RateLimit | None:
+    """The `rate_limit:` of an HTTP listener block (`path` is `listeners.<name>.http`); None
+    when absent (no limit). `per_client` counts by client identity, which today is a verified
+    client certificate: without `tls.client_ca` it would never apply, so it is a problem."""
+    from engine.security.ratelimit import parse_rate
+
+    spec = block.get("rate_limit")
+    if not isinstance(spec, Mapping):
+        return None
+    rates = {}
+    for option in ("per_ip", "per_client"):
+        text = spec.get(option)
+        if not isinstance(text, str):
+            continue
+        try:
+            rates[option] = parse_rate(text)
+        except ValueError as exc:  # the schema's pattern reported it first; kept as a guard
+            problems.append(ConfigProblem(doc.at((*path, "rate_limit", option)), str(exc)))
+    tls = block.get("tls")
+    if "per_client" in rates and not (isinstance(tls, Mapping) and tls.get("client_ca")):
+        problems.append(ConfigProblem(
+            doc.key_at((*path, "rate_limit", "per_client")),
+            "per_client counts requests by client identity, which needs client certificates "
+            "(tls: {client_ca: ...}); without them use per_ip",
+        ))
+    return RateLimit(per_ip=rates.get("per_ip"), per_client=rates.get("per_client"))

@@ -18,12 +18,23 @@ With `tls:` it serves HTTPS (engine.security.tls). A client certificate not on t
 `allow` list gets a 403 OperationOutcome (`forbidden`) for every request on that connection:
 an HTTP client sees why, which a closed connection would not tell it; the log line names the
 certificate's fingerprint only.
+
+With `rate_limit:` (off by default) every request to the listener is charged to its peer
+address and, over mutual TLS, to its client certificate (engine.security.ratelimit); one
+over the limit gets 429 with `Retry-After` (whole seconds) and an OperationOutcome
+(`throttled`) before its body is read. The peer address is the socket's: `X-Forwarded-For`
+and the like are not trusted, as any client can write them; behind a proxy, limit there.
+Refusals are counted in `stats.throttled` and logged once per key and period, naming the
+network and a per-run tag of the address, not the address (an IP address identifies a
+person as much as a machine on a public booking endpoint).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import ssl
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -35,7 +46,8 @@ from engine.fhir.rest import FhirAnswer, answer_headers, fail, presented
 from engine.fhir.validation import parse_appointment
 from engine.listeners.fhir_bundles import handle_bundle
 from engine.runtime.fhir_intake import FhirIntake, FhirRequest
-from engine.security.tls import AllowList, peer_refusal, server_context
+from engine.security.ratelimit import RequestLimits, Throttled
+from engine.security.tls import AllowList, fingerprint, peer_refusal, server_context
 
 log = logging.getLogger("engine.listener")
 
@@ -74,6 +86,13 @@ def respond(request: web.Request, base_url: str, answer: FhirAnswer) -> web.Resp
     return json_response(answer.status, presented(answer), headers)
 
 
+@dataclass
+class HttpListenerStats:
+    requests: int = 0  # every request that reached the listener
+    tls_refused: int = 0  # client certificate not on the allow-list (403)
+    throttled: int = 0  # over a rate limit (429)
+
+
 class HttpListener:
     def __init__(self, config: ListenerConfig, intake: FhirIntake, version: str = "") -> None:
         assert config.http is not None
@@ -87,6 +106,9 @@ class HttpListener:
         tls = self.http.tls
         self.ssl = server_context(tls) if tls is not None else None
         self.allow = AllowList(tls.allow if tls is not None else ())
+        self.stats = HttpListenerStats()
+        # Replaceable before or while serving (a test injects one with a fake clock).
+        self.limits = RequestLimits(self.http.rate_limit)
 
     @property
     def port(self) -> int:
@@ -120,14 +142,21 @@ class HttpListener:
             self._runner = None
 
     async def _handle(self, request: web.Request) -> web.Response:
+        self.stats.requests += 1
+        transport = request.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport else None
         if self.allow:
-            transport = request.transport
-            ssl_object = transport.get_extra_info("ssl_object") if transport else None
             refusal = peer_refusal(self.allow, ssl_object)
             if refusal is not None:
+                self.stats.tls_refused += 1
                 log.warning("listener %s: request refused, %s", self.config.name, refusal)
                 return self._error(fail(403, "forbidden",
                                         "client certificate is not allowed on this listener"))
+        if self.limits.enabled:
+            # request.remote is the socket's peer: no forwarded-for header is consulted.
+            throttled = self.limits.check(request.remote, _client_identity(ssl_object))
+            if throttled is not None:
+                return self._throttled(throttled)
         try:
             return await self._route(request)
         except Exception as exc:  # a bug must cost one request, never the listener
@@ -210,6 +239,20 @@ class HttpListener:
                                       f"request body is over the limit of {limit} bytes")])
         return await self.intake.reject(self.config, bytes(data[:HEAD_BYTES]), invalid)
 
+    def _throttled(self, throttled: Throttled) -> web.Response:
+        """429 before the body is read: what the client still sends is discarded in chunks by
+        aiohttp (for its lingering time, then the connection closes), never held."""
+        self.stats.throttled += 1
+        if throttled.report:
+            log.warning("listener %s: %s over its rate limit of %s; refusing its requests "
+                        "with 429 (logged once per period)", self.config.name,
+                        self.limits.label(throttled), throttled.rate.text)
+        seconds = throttled.retry_after_header
+        answer = fail(429, "throttled", f"too many requests: the limit is {throttled.rate.text} "
+                                        f"per {'address' if throttled.scope == 'ip' else 'client'}"
+                                        f"; retry after {seconds} s")
+        return json_response(429, answer.outcome, {"Retry-After": seconds})
+
     @staticmethod
     def _error(answer: FhirAnswer) -> web.Response:
         return json_response(answer.status, answer.outcome, {})
@@ -217,3 +260,12 @@ class HttpListener:
     def _not_allowed(self, allowed: str) -> web.Response:
         answer = fail(405, "not-supported", f"this path accepts {allowed}")
         return json_response(405, answer.outcome, {"Allow": allowed})
+
+
+def _client_identity(ssl_object: object) -> str | None:
+    """The client's identity for `per_client`: the SHA-256 fingerprint of the certificate it
+    presented (verified against `client_ca` by the handshake), None without one."""
+    if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return fingerprint(der) if der else None

@@ -1,0 +1,322 @@
+"""Who may use the engine: users (password + TOTP) and API keys, and how each is checked.
+
+Rules kept here:
+- Passwords are hashed with scrypt (n=2**15, r=8, p=1, 16-byte random salt per user); the
+  parameters are stored with each hash so they can be raised later without breaking old ones.
+  Hashes are compared in constant time, and an unknown user costs the same scrypt as a known
+  one, so timing does not say which names exist.
+- The admin role requires TOTP: an admin is always created with a secret, and an admin
+  without one is refused. A TOTP step, once used, is never accepted again for that user.
+- API keys are `<prefix>_<random>`: shown once by `create_key` / `rotate_key`, stored as the
+  SHA-256 of the whole key beside the public prefix that finds the row. A key always expires;
+  it never carries the admin role (a key is one factor, and admin requires two); it carries
+  its owner's role, or any other non-admin role when the owner is an admin. Rotation issues a
+  new key and leaves the old one valid for an overlap period only. Revocation, disabling a
+  user and expiry take effect on the next check: nothing is cached.
+- `authenticate_*` return an `Identity` or a `Refusal`. A refusal's `reason` is for the audit
+  trail and the lockout counter; callers answer with `Refusal.public` (the same text for
+  every reason), never saying which part was wrong. Every refusal is recorded per credential
+  with its time, for lockout (issue 4 item 6).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from engine.security import totp
+from engine.security.identities_store import ROLES, ApiKey, IdentityStore, User
+
+SCRYPT_N = 2**15
+SCRYPT_R = 8
+SCRYPT_P = 1
+SCRYPT_MAXMEM = 128 * SCRYPT_N * SCRYPT_R * SCRYPT_P * 2  # scrypt needs 128*n*r*p bytes
+SALT_BYTES = 16
+HASH_BYTES = 32
+MIN_PASSWORD = 12
+MAX_PASSWORD = 1024  # scrypt runs on the whole text: a cap keeps a huge body from costing more
+KEY_PREFIX_TAG = "ek"
+MAX_KEY_LIFETIME = 365 * 86400.0
+MFA_ROLES = frozenset({"admin"})
+PUBLIC_REFUSAL = "authentication failed"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_KEY = re.compile(r"^(ek[0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+
+Reason = Literal[
+    "unknown_user", "disabled", "bad_password", "totp_required", "bad_totp", "totp_reused",
+    "mfa_not_enrolled", "malformed_key", "unknown_key", "key_revoked", "key_expired",
+    "owner_disabled",
+]  # fmt: skip
+
+
+class IdentityError(ValueError):
+    """A request the identity rules refuse (bad name, weak password, unknown key, ...), said
+    plainly for the operator. Never quotes a password, a key or a secret."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who was authenticated, and with what."""
+
+    name: str  # the user, or the key's owner
+    role: str
+    via: Literal["password", "key"]
+    key_prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why authentication failed. `reason` is for the audit trail; callers show `public`."""
+
+    reason: Reason
+    credential: str  # "user:NAME" or "key:PREFIX": what the failure is counted against
+
+    @property
+    def public(self) -> str:
+        return PUBLIC_REFUSAL
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A key at the one moment its full text exists: show `secret` once, then drop it."""
+
+    secret: str
+    key: ApiKey
+
+
+# password hashing
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """`scrypt$n$r$p$salt$hash`, salt and hash in unpadded base64."""
+    salt = secrets.token_bytes(SALT_BYTES) if salt is None else salt
+    digest = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P, HASH_BYTES)
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def check_password(password: str, encoded: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = encoded.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = _unb64(digest)
+        actual = _scrypt(password, _unb64(salt), int(n), int(r), int(p), len(expected))
+    except ValueError:  # a damaged stored hash refuses, it does not crash a login
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, length: int) -> bytes:
+    return hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=length,
+        maxmem=max(SCRYPT_MAXMEM, 256 * n * r * p),
+    )  # fmt: skip
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii").rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+
+
+_DUMMY_HASH: str | None = None
+
+
+def _dummy_hash() -> str:
+    """Checked against when the user does not exist, so that costs one scrypt too."""
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+    return _DUMMY_HASH
+
+
+def key_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+# the service
+
+
+class Identities:
+    """Users and API keys over one IdentityStore, with the time taken from `now`."""
+
+    def __init__(self, store: IdentityStore, now: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.now = now
+
+    # users
+
+    def add_user(self, name: str, role: str, password: str, *, mfa: bool = False) -> str | None:
+        """Create a user; returns the new TOTP secret (always for admin, else when `mfa`), to
+        be shown once as a provisioning URI."""
+        _check_name(name)
+        _check_role(role)
+        if not isinstance(password, str) or not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+            raise IdentityError(
+                f"a password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters long"
+            )
+        secret = totp.new_secret() if (mfa or role in MFA_ROLES) else None
+        user = User(name, role, hash_password(password), secret, -1, self.now(), None)
+        try:
+            self.store.insert_user(user)
+        except sqlite3.IntegrityError as exc:
+            raise IdentityError(f"user {name!r} exists already") from exc
+        return secret
+
+    def disable_user(self, name: str) -> None:
+        """The user can no longer log in, and the keys they own stop working at once."""
+        if not self.store.disable_user(name, self.now()):
+            if self.store.user(name) is None:
+                raise IdentityError(f"no user {name!r}")
+            raise IdentityError(f"user {name!r} is disabled already")
+
+    def users(self) -> list[User]:
+        return self.store.users()
+
+    def authenticate_password(
+        self, name: str, password: str, code: str | None
+    ) -> Identity | Refusal:
+        credential = f"user:{name}" if _NAME.match(name) else "user:(invalid name)"
+        user = self.store.user(name) if _NAME.match(name) else None
+        # The scrypt runs whatever happens next: refusals cost the same for every reason.
+        fits = isinstance(password, str) and len(password) <= MAX_PASSWORD
+        stored = user.password if user else _dummy_hash()
+        ok = check_password(password if fits else "", stored) and fits
+        reason: Reason | None = None
+        if user is None:
+            reason = "unknown_user"
+        elif not ok:
+            reason = "bad_password"
+        elif user.disabled is not None:
+            reason = "disabled"
+        elif user.totp_secret is None:
+            reason = "mfa_not_enrolled" if user.role in MFA_ROLES else None
+        elif not code:
+            reason = "totp_required"
+        else:
+            step = totp.match(user.totp_secret, code, self.now(), after_step=user.totp_last_step)
+            if step is None:
+                used = totp.match(user.totp_secret, code, self.now())
+                reason = "bad_totp" if used is None else "totp_reused"
+            elif not self.store.use_totp_step(user.name, step):
+                reason = "totp_reused"  # another login claimed this step first
+        if reason is not None or user is None:
+            return self._refuse(reason or "unknown_user", credential)
+        return Identity(user.name, user.role, "password")
+
+    # API keys
+
+    def create_key(self, owner: str, role: str, lifetime: float) -> IssuedKey:
+        user = self.store.user(owner)
+        if user is None:
+            raise IdentityError(f"no user {owner!r} to own the key")
+        if user.disabled is not None:
+            raise IdentityError(f"user {owner!r} is disabled")
+        _check_role(role)
+        if role == "admin":
+            raise IdentityError("an API key cannot have the admin role (admin requires MFA)")
+        if role != user.role and user.role != "admin":
+            raise IdentityError(
+                f"a key owned by {owner!r} carries their role ({user.role}); only an admin's "
+                "keys may carry another role"
+            )
+        _check_lifetime(lifetime)
+        now = self.now()
+        issued = _new_key(owner, role, now, now + lifetime)
+        self.store.insert_key(issued.key)
+        return issued
+
+    def keys(self) -> list[ApiKey]:
+        return self.store.keys()
+
+    def rotate_key(self, prefix: str, overlap: float) -> IssuedKey:
+        """A new key for the same owner and role, with the old key's lifetime; the old key
+        stays valid for `overlap` seconds more (or until it expires, if sooner)."""
+        old = self._key(prefix)
+        now = self.now()
+        if old.revoked is not None:
+            raise IdentityError(f"key {prefix} is revoked")
+        if old.replaced_by is not None:
+            raise IdentityError(f"key {prefix} was rotated already (to {old.replaced_by})")
+        if now >= old.expires:
+            raise IdentityError(f"key {prefix} has expired: create a new one")
+        if overlap < 0 or overlap > MAX_KEY_LIFETIME:
+            raise IdentityError("the overlap must be between 0 and 365 days")
+        issued = _new_key(old.owner, old.role, now, now + (old.expires - old.created))
+        if not self.store.rotate_key(prefix, issued.key, now + overlap):
+            raise IdentityError(f"key {prefix} was revoked or rotated meanwhile")
+        return issued
+
+    def revoke_key(self, prefix: str) -> None:
+        if not self.store.revoke_key(prefix, self.now()):
+            self._key(prefix)
+            raise IdentityError(f"key {prefix} is revoked already")
+
+    def authenticate_key(self, secret: str) -> Identity | Refusal:
+        found = _KEY.match(secret.strip()) if isinstance(secret, str) else None
+        if found is None:
+            return self._refuse("malformed_key", "key:(malformed)")
+        prefix = found.group(1)
+        credential = f"key:{prefix}"
+        key = self.store.key(prefix)
+        digest = key_hash(found.group(0))
+        if key is None or not hmac.compare_digest(digest, key.hash):
+            return self._refuse("unknown_key", credential)
+        if key.revoked is not None:
+            return self._refuse("key_revoked", credential)
+        if self.now() >= key.expires:
+            return self._refuse("key_expired", credential)
+        owner = self.store.user(key.owner)
+        if owner is None or owner.disabled is not None:
+            return self._refuse("owner_disabled", credential)
+        return Identity(key.owner, key.role, "key", prefix)
+
+    def failures(self, credential: str, window: float) -> list[tuple[float, str]]:
+        """Refusals counted against `credential` in the last `window` seconds."""
+        return self.store.failures(credential, self.now() - window)
+
+    def _refuse(self, reason: Reason, credential: str) -> Refusal:
+        self.store.record_failure(credential, self.now(), reason)
+        return Refusal(reason, credential)
+
+    def _key(self, prefix: str) -> ApiKey:
+        key = self.store.key(prefix)
+        if key is None:
+            raise IdentityError(f"no API key with prefix {prefix!r}")
+        return key
+
+
+def _new_key(owner: str, role: str, created: float, expires: float) -> IssuedKey:
+    prefix = KEY_PREFIX_TAG + secrets.token_hex(6)
+    secret = f"{prefix}_{secrets.token_urlsafe(32)}"
+    return IssuedKey(secret, ApiKey(prefix, key_hash(secret), owner, role, created, expires,
+                                    None, None))  # fmt: skip
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise IdentityError(
+            "a user name is 1 to 64 characters: letters, digits and . _ @ -, starting with a "
+            "letter or digit"
+        )
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise IdentityError(f"role must be one of {', '.join(ROLES)}")
+
+
+def _check_lifetime(lifetime: float) -> None:
+    if not 0 < lifetime <= MAX_KEY_LIFETIME:
+        raise IdentityError("a key's lifetime must be more than 0 and at most 365 days")

@@ -1,0 +1,259 @@
+"""The identity store's own SQLite file: users, API keys and failed authentications.
+
+Rules kept here: the file is created private (0600; SQLite gives its WAL the same mode) and
+lives apart from the message store and the audit trail (`<store>.identities.db`); it holds
+password hashes and API-key hashes, never a password or a key; every write is fsynced before
+it returns (WAL, synchronous=FULL), so a revocation is on disk, and seen by every other
+connection, the moment `revoke_key` returns. The policy (who may have what, what a hash is)
+lives in `identities`; this module stores rows and keeps the few invariants SQL can keep
+(roles, one use per TOTP step, rotation in one transaction).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+ROLES: tuple[str, ...] = ("admin", "operator", "viewer", "system", "auditor")
+_ROLE_CHECK = "role IN ('admin', 'operator', 'viewer', 'system', 'auditor')"
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL CHECK ({_ROLE_CHECK}),
+    password TEXT NOT NULL,           -- scrypt$n$r$p$salt$hash
+    totp_secret TEXT,                 -- base32; NULL when the user has no second factor
+    totp_last_step INTEGER NOT NULL DEFAULT -1,
+    created REAL NOT NULL,
+    disabled REAL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    prefix TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,        -- SHA-256 hex of the whole key
+    owner TEXT NOT NULL REFERENCES users (name),
+    role TEXT NOT NULL CHECK ({_ROLE_CHECK} AND role != 'admin'),
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    revoked REAL,
+    replaced_by TEXT REFERENCES api_keys (prefix)
+);
+CREATE TABLE IF NOT EXISTS auth_failures (
+    id INTEGER PRIMARY KEY,
+    credential TEXT NOT NULL,         -- "user:NAME" or "key:PREFIX"
+    at REAL NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS auth_failures_credential ON auth_failures (credential, at);
+"""
+_USER_COLUMNS = "name, role, password, totp_secret, totp_last_step, created, disabled"
+_KEY_COLUMNS = "prefix, hash, owner, role, created, expires, revoked, replaced_by"
+
+
+class IdentityStoreError(Exception):
+    """The identity file cannot be opened, read or written. Never quotes a secret."""
+
+
+@dataclass(frozen=True, repr=False)
+class User:
+    name: str
+    role: str
+    password: str  # the encoded hash, never the password
+    totp_secret: str | None
+    totp_last_step: int
+    created: float
+    disabled: float | None
+
+    def __repr__(self) -> str:  # the hash and the TOTP secret stay out of logs
+        return f"User({self.name!r}, role={self.role}, disabled={self.disabled is not None})"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A stored key: its public prefix and the hash of the whole key, never the key."""
+
+    prefix: str
+    hash: str
+    owner: str
+    role: str
+    created: float
+    expires: float
+    revoked: float | None
+    replaced_by: str | None
+
+
+def default_path(store_path: str | Path) -> Path:
+    """Beside the message store: `data/engine.db` -> `data/engine.db.identities.db`."""
+    return Path(f"{store_path}.identities.db")
+
+
+class IdentityStore:
+    """One identity file. Thread-safe: calls share one connection under one lock; other
+    processes (the CLI beside a running engine) are serialised by SQLite's write lock."""
+
+    def __init__(self, path: Path, *, busy_timeout: float = 30.0) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._conn = self._open(busy_timeout)
+
+    def _open(self, busy_timeout: float) -> sqlite3.Connection:
+        try:
+            if not self.path.exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            conn = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise IdentityStoreError(f"cannot open the identity store {self.path}: {exc}") from exc
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise IdentityStoreError(
+                    f"{self.path}: identity schema version {version} is newer than this "
+                    f"engine's ({SCHEMA_VERSION})"
+                )
+            if version < SCHEMA_VERSION:
+                conn.executescript(
+                    f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+                )
+        except sqlite3.Error as exc:
+            conn.close()
+            raise IdentityStoreError(f"{self.path} is not a usable identity store: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> IdentityStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[list[Any], int]:
+        """Rows and rowcount, both read under the lock (the connection is shared)."""
+        with self._lock:
+            try:
+                cur = self._conn.execute(sql, params)
+                return cur.fetchall(), cur.rowcount
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.Error as exc:
+                raise IdentityStoreError(f"identity store {self.path}: {exc}") from exc
+
+    # users
+
+    def insert_user(self, user: User) -> None:
+        """Raises sqlite3.IntegrityError when the name is taken."""
+        self._run(
+            f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (user.name, user.role, user.password, user.totp_secret, user.totp_last_step,
+             user.created, user.disabled),
+        )  # fmt: skip
+
+    def user(self, name: str) -> User | None:
+        rows, _ = self._run(f"SELECT {_USER_COLUMNS} FROM users WHERE name = ?", (name,))
+        return User(*rows[0]) if rows else None
+
+    def users(self) -> list[User]:
+        rows, _ = self._run(f"SELECT {_USER_COLUMNS} FROM users ORDER BY name")
+        return [User(*r) for r in rows]
+
+    def disable_user(self, name: str, at: float) -> bool:
+        """True when the user existed and was enabled."""
+        _, changed = self._run(
+            "UPDATE users SET disabled = ? WHERE name = ? AND disabled IS NULL", (at, name)
+        )
+        return changed == 1
+
+    def use_totp_step(self, name: str, step: int) -> bool:
+        """Claim a TOTP step for `name`: true only if it is later than the last one claimed.
+        One conditional UPDATE, so two logins racing with the same code cannot both win."""
+        _, changed = self._run(
+            "UPDATE users SET totp_last_step = ? WHERE name = ? AND totp_last_step < ?",
+            (step, name, step),
+        )
+        return changed == 1
+
+    # API keys
+
+    def insert_key(self, key: ApiKey) -> None:
+        self._run(f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                  _key_row(key))  # fmt: skip
+
+    def key(self, prefix: str) -> ApiKey | None:
+        rows, _ = self._run(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE prefix = ?", (prefix,))
+        return ApiKey(*rows[0]) if rows else None
+
+    def keys(self) -> list[ApiKey]:
+        sql = f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created, prefix"
+        rows, _ = self._run(sql)
+        return [ApiKey(*r) for r in rows]
+
+    def rotate_key(self, old: str, new: ApiKey, old_expires: float) -> bool:
+        """Insert `new` and shorten `old` to `old_expires`, in one transaction; false (and
+        nothing changed) when `old` was revoked or rotated in the meantime."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    # The new row first: the old one's replaced_by refers to it.
+                    conn.execute(
+                        f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        _key_row(new),
+                    )
+                    cur = conn.execute(
+                        "UPDATE api_keys SET expires = MIN(expires, ?), replaced_by = ? "
+                        "WHERE prefix = ? AND revoked IS NULL AND replaced_by IS NULL",
+                        (old_expires, new.prefix, old),
+                    )
+                    if cur.rowcount != 1:
+                        conn.execute("ROLLBACK")
+                        return False
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise IdentityStoreError(f"identity store {self.path}: {exc}") from exc
+        return True
+
+    def revoke_key(self, prefix: str, at: float) -> bool:
+        """True when the key existed and was not revoked already."""
+        _, changed = self._run(
+            "UPDATE api_keys SET revoked = ? WHERE prefix = ? AND revoked IS NULL", (at, prefix)
+        )
+        return changed == 1
+
+    # failed authentications (lockout reads these)
+
+    def record_failure(self, credential: str, at: float, reason: str) -> None:
+        self._run(
+            "INSERT INTO auth_failures (credential, at, reason) VALUES (?, ?, ?)",
+            (credential, at, reason),
+        )
+
+    def failures(self, credential: str, since: float) -> list[tuple[float, str]]:
+        """(time, reason) of each failure for `credential` at or after `since`, oldest first."""
+        rows, _ = self._run(
+            "SELECT at, reason FROM auth_failures WHERE credential = ? AND at >= ? ORDER BY at",
+            (credential, since),
+        )
+        return [(float(at), str(reason)) for at, reason in rows]
+
+
+def _key_row(k: ApiKey) -> tuple[Any, ...]:
+    return (k.prefix, k.hash, k.owner, k.role, k.created, k.expires, k.revoked, k.replaced_by)
