@@ -1,4 +1,5 @@
-"""`engine users add | list | disable` and `engine apikeys create | list | rotate | revoke`.
+"""`engine users add | list | disable | unlock` and
+`engine apikeys create | list | rotate | revoke | unlock`.
 
 API keys are `engine apikeys`, not `engine keys`: that name belongs to the encryption keys of
 data at rest (`engine keys rotate` re-encrypts, issue 4 item 5).
@@ -9,9 +10,12 @@ line (they would show in the process list and the shell history): a password is 
 a getpass prompt, or read as one line from stdin with `--password-stdin`. A new key and a new
 TOTP provisioning URI are printed once, to stdout, and exist nowhere else afterwards.
 
-Every change (`add`, `disable`, `create`, `rotate`, `revoke`) is recorded in the audit trail
-once done, as the other commands record (see engine.commands.audit: with no audit key it says
-on stderr that the change was not audited).
+A credential locked after repeated failed logins shows as `locked` in the lists until it
+expires or `unlock` lifts it (which also clears its failure window).
+
+Every change (`add`, `disable`, `create`, `rotate`, `revoke`, `unlock`) is recorded in the
+audit trail once done, as the other commands record (see engine.commands.audit: with no audit
+key it says on stderr that the change was not audited).
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p = users("disable", "stop a user logging in; their API keys stop working too")
     p.add_argument("name")
+    p = users("unlock", "lift a lockout after failed logins, and clear the failure count")
+    p.add_argument("name")
 
     keys = group("apikeys", "API keys for systems and scripts (`engine keys` is encryption)")
     p = keys("create", "make a key and print it once")
@@ -83,6 +89,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("prefix")
     p.add_argument("--overlap", default="7d", help="how long the old key stays valid (7d)")
     p = keys("revoke", "stop a key working, at once")
+    p.add_argument("prefix")
+    p = keys("unlock", "lift a lockout after failed uses, and clear the failure count")
     p.add_argument("prefix")
 
 
@@ -143,18 +151,24 @@ def _users(ids: Identities, args: argparse.Namespace, out: TextIO, stdin: TextIO
         ids.disable_user(args.name)
         out.write(f"disabled {args.name}\n")
         return "U", {"user": args.name, "disabled": True}
+    if args.identity_command == "unlock":
+        was_locked = ids.unlock_user(args.name)
+        _say_unlocked(out, f"user:{args.name}", was_locked)
+        return "U", {"user": args.name, "unlocked": True, "was_locked": was_locked}
     users = ids.users()
+    locks = _locked_until(ids)
     if args.json:
         dump_json(
             [{"name": u.name, "role": u.role, "mfa": u.totp_secret is not None,
-              "created": u.created, "disabled": u.disabled} for u in users],
+              "created": u.created, "disabled": u.disabled,
+              "locked_until": locks.get(f"user:{u.name}")} for u in users],
             out,
         )  # fmt: skip
     else:
         table(
             ["NAME", "ROLE", "MFA", "CREATED", "STATUS"],
             [(u.name, u.role, "totp" if u.totp_secret else "-", when(u.created),
-              "disabled" if u.disabled is not None else "active") for u in users],
+              user_status(u.disabled, locks.get(f"user:{u.name}"))) for u in users],
             out,
         )  # fmt: skip
         if not users:
@@ -186,19 +200,25 @@ def _apikeys(ids: Identities, args: argparse.Namespace, out: TextIO, now: float)
         ids.revoke_key(args.prefix)
         out.write(f"revoked {args.prefix}\n")
         return "D", {"key": args.prefix}
+    if command == "unlock":
+        was_locked = ids.unlock_key(args.prefix)
+        _say_unlocked(out, f"key:{args.prefix}", was_locked)
+        return "U", {"key": args.prefix, "unlocked": True, "was_locked": was_locked}
     keys = ids.keys()
+    locks = _locked_until(ids)
     if args.json:
         dump_json(
             [{"prefix": k.prefix, "owner": k.owner, "role": k.role, "created": k.created,
               "expires": k.expires, "revoked": k.revoked, "replaced_by": k.replaced_by,
-              "status": key_status(k, now)} for k in keys],
+              "status": key_status(k, now, locks.get(f"key:{k.prefix}")),
+              "locked_until": locks.get(f"key:{k.prefix}")} for k in keys],
             out,
         )  # fmt: skip
     else:
         table(
             ["PREFIX", "OWNER", "ROLE", "CREATED", "EXPIRES", "STATUS"],
-            [(k.prefix, k.owner, k.role, when(k.created), when(k.expires), key_status(k, now))
-             for k in keys],
+            [(k.prefix, k.owner, k.role, when(k.created), when(k.expires),
+              key_status(k, now, locks.get(f"key:{k.prefix}"))) for k in keys],
             out,
         )  # fmt: skip
         if not keys:
@@ -206,14 +226,35 @@ def _apikeys(ids: Identities, args: argparse.Namespace, out: TextIO, now: float)
     return None, None
 
 
-def key_status(key: ApiKey, now: float) -> str:
+def key_status(key: ApiKey, now: float, locked_until: float | None = None) -> str:
     if key.revoked is not None:
         return "revoked"
     if now >= key.expires:
         return "expired"
+    if locked_until is not None:
+        return f"locked until {when(locked_until)}"
     if key.replaced_by is not None:
         return f"rotated to {key.replaced_by} (overlap)"
     return "active"
+
+
+def user_status(disabled: float | None, locked_until: float | None) -> str:
+    if disabled is not None:
+        return "disabled"
+    if locked_until is not None:
+        return f"locked until {when(locked_until)}"
+    return "active"
+
+
+def _locked_until(ids: Identities) -> dict[str, float]:
+    return {lock.credential: lock.until for lock in ids.locks()}
+
+
+def _say_unlocked(out: TextIO, credential: str, was_locked: bool) -> None:
+    if was_locked:
+        out.write(f"unlocked {credential}\n")
+    else:
+        out.write(f"{credential} was not locked; its failure count is cleared\n")
 
 
 def _duration(text: str, option: str, *, zero: bool = False) -> float:

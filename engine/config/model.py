@@ -90,6 +90,7 @@ class HttpListenerConfig:
     host: str = "127.0.0.1"
     path: str = "/fhir"
     max_body_bytes: int = 1024 * 1024
+    max_connections: int = 512
     tls: ListenerTls | None = None
     plain: str | None = None  # as for MLLP
     rate_limit: RateLimit | None = None

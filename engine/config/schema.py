@@ -141,6 +141,7 @@ HTTP_LISTENER = _closed(
             "x-expected": "a URL path like /fhir",
         },
         "max_body_bytes": {"x-unit": SIZE, "minimum": 1},
+        "max_connections": {"type": "integer", "minimum": 1},
         "rate_limit": RATE_LIMIT,
     },
     required=["port"],

@@ -8,6 +8,9 @@ Served under the listener's base path (`/fhir` by default):
 - `GET  [base]/Appointment/{id}`    the latest version the engine holds
 - `POST [base]`                     a `batch` or `transaction` Bundle of the two writes
 
+At most `max_connections` connections are open at once: one past the limit is closed as it is
+accepted, before TLS and before a byte is read (engine.listeners.http_gate).
+
 Rules it keeps: a 2xx only after the durable commit (intake's); every error is an
 OperationOutcome, never an HTML page or a stack trace; a body over `max_body_bytes` is
 refused with 413 while it streams in, before it is held in memory whole; nothing logged or
@@ -45,6 +48,7 @@ from engine.fhir.outcome import Invalid, Issue, operation_outcome
 from engine.fhir.rest import FhirAnswer, answer_headers, fail, presented
 from engine.fhir.validation import parse_appointment
 from engine.listeners.fhir_bundles import handle_bundle
+from engine.listeners.http_gate import Door
 from engine.runtime.fhir_intake import FhirIntake, FhirRequest
 from engine.security.ratelimit import RequestLimits, Throttled
 from engine.security.tls import AllowList, fingerprint, peer_refusal, server_context
@@ -88,6 +92,9 @@ def respond(request: web.Request, base_url: str, answer: FhirAnswer) -> web.Resp
 
 @dataclass
 class HttpListenerStats:
+    connections: int = 0  # open now
+    connections_total: int = 0  # admitted since start
+    refused: int = 0  # closed at accept, over max_connections (engine.listeners.http_gate)
     requests: int = 0  # every request that reached the listener
     tls_refused: int = 0  # client certificate not on the allow-list (403)
     throttled: int = 0  # over a rate limit (429)
@@ -102,19 +109,17 @@ class HttpListener:
         self._version = version
         self._base = "/" + self.http.path.strip("/") if self.http.path.strip("/") else ""
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
         tls = self.http.tls
         self.ssl = server_context(tls) if tls is not None else None
         self.allow = AllowList(tls.allow if tls is not None else ())
         self.stats = HttpListenerStats()
+        self.door = Door(config.name, self.http.max_connections, self.stats)
         # Replaceable before or while serving (a test injects one with a fake clock).
         self.limits = RequestLimits(self.http.rate_limit)
 
     @property
     def port(self) -> int:
-        assert self._runner is not None
-        address = self._runner.addresses[0]
-        return int(address[1])
+        return int(self.door.sockets[0].getsockname()[1])
 
     def base_url(self, request: web.Request) -> str:
         return f"{request.scheme}://{request.host}{self._base}"
@@ -126,18 +131,20 @@ class HttpListener:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        self._site = web.TCPSite(
-            self._runner, self.http.host, self.http.port, reuse_address=True, backlog=1024,
-            ssl_context=self.ssl,
-        )
-        await self._site.start()
+        handler = self._runner.server
+        assert handler is not None
+        # The door accepts, not a TCPSite: the connection limit must act before the TLS
+        # handshake (engine.listeners.http_gate says why).
+        await self.door.open(self.http.host, self.http.port, handler, self.ssl)
         scheme = "http" if self.ssl is None else "https"
         log.info("listener %s: FHIR on %s://%s:%d%s", self.config.name, scheme,
                  self.http.host, self.port, self._base)
 
     async def stop(self) -> None:
         """Stop accepting; requests in progress finish (and get their answer) first."""
+        await self.door.close()
         if self._runner is not None:
+            # Shuts down the handlers of admitted connections (aiohttp tracks them).
             await self._runner.cleanup()
             self._runner = None
 

@@ -16,7 +16,16 @@ Rules kept here:
 - `authenticate_*` return an `Identity` or a `Refusal`. A refusal's `reason` is for the audit
   trail and the lockout counter; callers answer with `Refusal.public` (the same text for
   every reason), never saying which part was wrong. Every refusal is recorded per credential
-  with its time, for lockout (issue 4 item 6).
+  with its time.
+- Lockout (issue 4 item 6): `LockoutPolicy.failures` refusals of one credential within
+  `window` lock it until `lock_for` after the last of them, or until an admin unlocks it.
+  The lock is a row taken from the stored failures in the transaction that records the last
+  one (so it survives a restart and two processes lock it once), never an in-memory counter.
+  While locked, every attempt is refused with the reason `locked` (the right password still
+  costs its scrypt; a TOTP step is not spent), recorded, and not counted towards the next
+  lock; nor is `totp_required` (the right password, its code still to come). Taking a lock
+  logs one `ALERT credential locked` line on `engine.alerts`, naming the credential (a staff
+  user name or a key prefix), never a password, code or key.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import sqlite3
@@ -33,7 +43,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from engine.security import totp
-from engine.security.identities_store import ROLES, ApiKey, IdentityStore, User
+from engine.security.identities_store import ROLES, ApiKey, IdentityStore, Lock, User
+
+alerts = logging.getLogger("engine.alerts")
 
 SCRYPT_N = 2**15
 SCRYPT_R = 8
@@ -54,13 +66,33 @@ _KEY = re.compile(r"^(ek[0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 Reason = Literal[
     "unknown_user", "disabled", "bad_password", "totp_required", "bad_totp", "totp_reused",
     "mfa_not_enrolled", "malformed_key", "unknown_key", "key_revoked", "key_expired",
-    "owner_disabled",
+    "owner_disabled", "locked",
 ]  # fmt: skip
 
 
 class IdentityError(ValueError):
     """A request the identity rules refuse (bad name, weak password, unknown key, ...), said
     plainly for the operator. Never quotes a password, a key or a secret."""
+
+
+@dataclass(frozen=True)
+class LockoutPolicy:
+    """`failures` refusals of one credential within `window` seconds lock it for `lock_for`
+    seconds after the last of them (defaults: 5 within 15 minutes, locked 15 minutes)."""
+
+    failures: int = 5
+    window: float = 15 * 60.0
+    lock_for: float = 15 * 60.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.failures, bool) or not isinstance(self.failures, int):
+            raise IdentityError("lockout failures must be a whole number")
+        if self.failures < 1:
+            raise IdentityError("lockout failures must be at least 1")
+        for name in ("window", "lock_for"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise IdentityError(f"lockout {name} must be a positive number of seconds")
 
 
 @dataclass(frozen=True)
@@ -151,9 +183,15 @@ def key_hash(secret: str) -> str:
 class Identities:
     """Users and API keys over one IdentityStore, with the time taken from `now`."""
 
-    def __init__(self, store: IdentityStore, now: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: IdentityStore,
+        now: Callable[[], float] = time.time,
+        lockout: LockoutPolicy | None = None,
+    ) -> None:
         self.store = store
         self.now = now
+        self.lockout = lockout or LockoutPolicy()
 
     # users
 
@@ -194,7 +232,9 @@ class Identities:
         stored = user.password if user else _dummy_hash()
         ok = check_password(password if fits else "", stored) and fits
         reason: Reason | None = None
-        if user is None:
+        if self.locked(credential) is not None:
+            reason = "locked"  # checked after the scrypt, and before a TOTP step is spent
+        elif user is None:
             reason = "unknown_user"
         elif not ok:
             reason = "bad_password"
@@ -269,6 +309,8 @@ class Identities:
             return self._refuse("malformed_key", "key:(malformed)")
         prefix = found.group(1)
         credential = f"key:{prefix}"
+        if self.locked(credential) is not None:
+            return self._refuse("locked", credential)
         key = self.store.key(prefix)
         digest = key_hash(found.group(0))
         if key is None or not hmac.compare_digest(digest, key.hash):
@@ -286,8 +328,45 @@ class Identities:
         """Refusals counted against `credential` in the last `window` seconds."""
         return self.store.failures(credential, self.now() - window)
 
+    # lockout
+
+    def locked(self, credential: str) -> Lock | None:
+        """The lock on `credential` ("user:NAME" or "key:PREFIX") if it is locked now."""
+        lock = self.store.lock(credential)
+        return lock if lock is not None and self.now() < lock.until else None
+
+    def locks(self) -> list[Lock]:
+        """Every lock in force now."""
+        return self.store.locks(self.now())
+
+    def unlock_user(self, name: str) -> bool:
+        """Lift the user's lock and clear their failure window; true when it was locked."""
+        if self.store.user(name) is None:
+            raise IdentityError(f"no user {name!r}")
+        return self.store.unlock(f"user:{name}", self.now())
+
+    def unlock_key(self, prefix: str) -> bool:
+        """Lift the key's lock and clear its failure window; true when it was locked."""
+        self._key(prefix)
+        return self.store.unlock(f"key:{prefix}", self.now())
+
     def _refuse(self, reason: Reason, credential: str) -> Refusal:
-        self.store.record_failure(credential, self.now(), reason)
+        now = self.now()
+        if reason == "locked" or credential.endswith(")"):
+            # "user:(invalid name)" and "key:(malformed)" pool everyone's junk: locking them
+            # would lock nothing real and only raise false alerts.
+            self.store.record_failure(credential, now, reason)
+            return Refusal(reason, credential)
+        policy = self.lockout
+        lock = self.store.record_failure_and_lock(
+            credential, now, reason, since=now - policy.window, threshold=policy.failures,
+            until=now + policy.lock_for,
+        )  # fmt: skip
+        if lock is not None:
+            alerts.warning(
+                "ALERT credential locked: %s after %d failed attempts in %s",
+                credential, lock.failures, _span(policy.window),
+            )  # fmt: skip
         return Refusal(reason, credential)
 
     def _key(self, prefix: str) -> ApiKey:
@@ -302,6 +381,15 @@ def _new_key(owner: str, role: str, created: float, expires: float) -> IssuedKey
     secret = f"{prefix}_{secrets.token_urlsafe(32)}"
     return IssuedKey(secret, ApiKey(prefix, key_hash(secret), owner, role, created, expires,
                                     None, None))  # fmt: skip
+
+
+def _span(seconds: float) -> str:
+    """15 min, 1 h, 90 s: the window as the alert states it."""
+    if seconds % 3600 == 0:
+        return f"{int(seconds // 3600)} h"
+    if seconds % 60 == 0:
+        return f"{int(seconds // 60)} min"
+    return f"{seconds:g} s"
 
 
 def _check_name(name: str) -> None:

@@ -1,4 +1,4 @@
-"""The identity store's own SQLite file: users, API keys and failed authentications.
+"""The identity store's own SQLite file: users, API keys, failed authentications and locks.
 
 Rules kept here: the file is created private (0600; SQLite gives its WAL the same mode) and
 lives apart from the message store and the audit trail (`<store>.identities.db`); it holds
@@ -6,7 +6,8 @@ password hashes and API-key hashes, never a password or a key; every write is fs
 it returns (WAL, synchronous=FULL), so a revocation is on disk, and seen by every other
 connection, the moment `revoke_key` returns. The policy (who may have what, what a hash is)
 lives in `identities`; this module stores rows and keeps the few invariants SQL can keep
-(roles, one use per TOTP step, rotation in one transaction).
+(roles, one use per TOTP step, rotation in one transaction, a failure recorded and the lock
+it brings taken in one transaction, so two racing refusals lock a credential once).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: lockouts
 ROLES: tuple[str, ...] = ("admin", "operator", "viewer", "system", "auditor")
 _ROLE_CHECK = "role IN ('admin', 'operator', 'viewer', 'system', 'auditor')"
 _SCHEMA = f"""
@@ -48,9 +49,21 @@ CREATE TABLE IF NOT EXISTS auth_failures (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS auth_failures_credential ON auth_failures (credential, at);
+CREATE TABLE IF NOT EXISTS lockouts (
+    credential TEXT PRIMARY KEY,      -- "user:NAME" or "key:PREFIX"
+    locked_at REAL,                   -- the failure that locked it; NULL if never locked
+    until REAL NOT NULL,              -- locked while now < until
+    failures INTEGER NOT NULL,        -- how many failures in the window locked it
+    counted_after REAL NOT NULL       -- failures at or before this no longer count
+);
 """
 _USER_COLUMNS = "name, role, password, totp_secret, totp_last_step, created, disabled"
 _KEY_COLUMNS = "prefix, hash, owner, role, created, expires, revoked, replaced_by"
+_LOCK_COLUMNS = "credential, locked_at, until, failures, counted_after"
+# Recorded for the audit, never counted towards a lock: an attempt made while locked (else
+# whoever keeps guessing would keep the real owner out for ever), and the right password sent
+# without its TOTP code (the first step of a two-step login, which guesses nothing).
+NOT_COUNTED = ("locked", "totp_required")
 
 
 class IdentityStoreError(Exception):
@@ -83,6 +96,17 @@ class ApiKey:
     expires: float
     revoked: float | None
     replaced_by: str | None
+
+
+@dataclass(frozen=True)
+class Lock:
+    """A credential's lock row: locked while `now < until`."""
+
+    credential: str
+    locked_at: float | None
+    until: float
+    failures: int
+    counted_after: float
 
 
 def default_path(store_path: str | Path) -> Path:
@@ -238,13 +262,110 @@ class IdentityStore:
         )
         return changed == 1
 
-    # failed authentications (lockout reads these)
+    # failed authentications and locks
 
     def record_failure(self, credential: str, at: float, reason: str) -> None:
         self._run(
             "INSERT INTO auth_failures (credential, at, reason) VALUES (?, ?, ?)",
             (credential, at, reason),
         )
+
+    def record_failure_and_lock(
+        self,
+        credential: str,
+        at: float,
+        reason: str,
+        *,
+        since: float,
+        threshold: int,
+        until: float,
+    ) -> Lock | None:
+        """Record a failure; then, if `threshold` counted failures of `credential` lie at or
+        after `since` (and after the last lock or unlock) and it is not locked at `at`, lock
+        it until `until`. One transaction: returns the new lock, or None (not locked now, or
+        locked already), so exactly one caller learns that the credential became locked."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute(
+                        "INSERT INTO auth_failures (credential, at, reason) VALUES (?, ?, ?)",
+                        (credential, at, reason),
+                    )
+                    row = conn.execute(
+                        f"SELECT {_LOCK_COLUMNS} FROM lockouts WHERE credential = ?",
+                        (credential,),
+                    ).fetchone()
+                    current = Lock(*row) if row else None
+                    if current is not None and at < current.until:
+                        conn.execute("COMMIT")
+                        return None
+                    after = current.counted_after if current else float("-inf")
+                    (count,) = conn.execute(
+                        "SELECT COUNT(*) FROM auth_failures WHERE credential = ? AND at >= ? "
+                        "AND at > ? AND reason NOT IN (?, ?)",
+                        (credential, since, after, *NOT_COUNTED),
+                    ).fetchone()
+                    lock = None
+                    if count >= threshold:
+                        # The lock takes the failures that made it: after it ends, locking
+                        # again needs `threshold` new ones.
+                        lock = Lock(credential, at, until, int(count), at)
+                        conn.execute(
+                            f"INSERT OR REPLACE INTO lockouts ({_LOCK_COLUMNS}) "
+                            "VALUES (?, ?, ?, ?, ?)",
+                            (lock.credential, lock.locked_at, lock.until, lock.failures,
+                             lock.counted_after),
+                        )  # fmt: skip
+                    conn.execute("COMMIT")
+                    return lock
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise IdentityStoreError(f"identity store {self.path}: {exc}") from exc
+
+    def lock(self, credential: str) -> Lock | None:
+        """The credential's lock row, current or past (compare `until` with the time)."""
+        rows, _ = self._run(
+            f"SELECT {_LOCK_COLUMNS} FROM lockouts WHERE credential = ?", (credential,)
+        )
+        return Lock(*rows[0]) if rows else None
+
+    def locks(self, at: float) -> list[Lock]:
+        """The locks in force at `at`, by credential."""
+        rows, _ = self._run(
+            f"SELECT {_LOCK_COLUMNS} FROM lockouts WHERE until > ? ORDER BY credential", (at,)
+        )
+        return [Lock(*r) for r in rows]
+
+    def unlock(self, credential: str, at: float) -> bool:
+        """End any lock at `at` and stop counting the failures before it; true when the
+        credential was locked. The failure rows stay (they are history, not a counter)."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    row = conn.execute(
+                        "SELECT until FROM lockouts WHERE credential = ?", (credential,)
+                    ).fetchone()
+                    conn.execute(
+                        f"INSERT INTO lockouts ({_LOCK_COLUMNS}) VALUES (?, NULL, ?, 0, ?) "
+                        "ON CONFLICT (credential) DO UPDATE SET "
+                        "until = MIN(until, excluded.until), counted_after = excluded.until",
+                        (credential, at, at),
+                    )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise IdentityStoreError(f"identity store {self.path}: {exc}") from exc
+        return row is not None and at < float(row[0])
 
     def failures(self, credential: str, since: float) -> list[tuple[float, str]]:
         """(time, reason) of each failure for `credential` at or after `since`, oldest first."""

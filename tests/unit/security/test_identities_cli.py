@@ -184,3 +184,50 @@ def test_the_password_prompt_asks_twice(tmp_path: Path, monkeypatch: pytest.Monk
         assert isinstance(
             Identities(store).authenticate_password("alice", PASSWORD, None), Identity
         )
+
+
+def test_unlock_a_user_and_a_key_and_it_is_audited(routes: Path):
+    keyed = {"ENGINE_AUDIT_KEY": KEY_TEXT}
+    config = ("--config", str(routes))
+    assert engine("users", "add", "desk1", "--role", "operator", "--password-stdin", *config,
+                  stdin=PASSWORD + "\n", env=keyed).returncode == 0  # fmt: skip
+    key = engine("apikeys", "create", "--owner", "desk1", "--role", "operator", *config,
+                 env=keyed).stdout.strip()  # fmt: skip
+    prefix = key.split("_")[0]
+    forged = key[:-1] + ("A" if key[-1] != "A" else "B")
+    with identities(routes) as store:  # the real clock: the lock lasts 15 minutes from now
+        ids = Identities(store)
+        for _ in range(5):
+            ids.authenticate_password("desk1", "wrong password!", None)
+            ids.authenticate_key(forged)
+        assert ids.locked("user:desk1") is not None and ids.locked(f"key:{prefix}") is not None
+
+    [user] = json.loads(engine("users", "list", *config, "--json").stdout)
+    assert user["locked_until"] is not None
+    assert "locked until" in engine("users", "list", *config).stdout
+    [row] = json.loads(engine("apikeys", "list", *config, "--json").stdout)
+    assert row["status"].startswith("locked until") and row["locked_until"] is not None
+
+    unlocked = engine("users", "unlock", "desk1", *config, env=keyed)
+    assert (unlocked.returncode, unlocked.stdout) == (0, "unlocked user:desk1\n"), unlocked.stderr
+    assert engine("apikeys", "unlock", prefix, *config, env=keyed).stdout == (
+        f"unlocked key:{prefix}\n"
+    )
+    again = engine("users", "unlock", "desk1", *config, env=keyed)
+    assert again.stdout == "user:desk1 was not locked; its failure count is cleared\n"
+    with identities(routes) as store:
+        ids = Identities(store)
+        assert isinstance(ids.authenticate_password("desk1", PASSWORD, None), Identity)
+        assert isinstance(ids.authenticate_key(key), Identity)
+    [user] = json.loads(engine("users", "list", *config, "--json").stdout)
+    assert user["locked_until"] is None
+
+    unknown = engine("users", "unlock", "ghost", *config, env=keyed)
+    assert unknown.returncode == 2 and "no user 'ghost'" in unknown.stderr
+    records = json.loads(engine("audit", "search", *config, "--json", env=keyed).stdout)
+    unlocks = [(r["what"], r["action"], r["query"]) for r in records if "unlock" in r["what"]]
+    assert unlocks == [
+        ("engine users unlock", "U", {"user": "desk1", "unlocked": True, "was_locked": False}),
+        ("engine apikeys unlock", "U", {"key": prefix, "unlocked": True, "was_locked": True}),
+        ("engine users unlock", "U", {"user": "desk1", "unlocked": True, "was_locked": True}),
+    ]
