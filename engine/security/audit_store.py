@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -33,6 +32,7 @@ from engine.security.audit import (
     chain_hash,
     verify_chain,
 )
+from engine.security.private_db import open_private_db
 
 SCHEMA_VERSION = 1
 TRIGGERS = ("audit_events_no_update", "audit_events_no_delete")
@@ -85,40 +85,14 @@ class AuditStore:
         self._conn = self._open(busy_timeout)
 
     def _open(self, busy_timeout: float) -> sqlite3.Connection:
-        try:
-            if not self.path.exists():
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                # Created private: the trail names patients.
-                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            conn = sqlite3.connect(
-                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
-        except (OSError, sqlite3.Error) as exc:
-            raise AuditError(f"cannot open the audit trail {self.path}: {exc}") from exc
-        try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise AuditError(f"{self.path}: cannot switch to WAL journal mode (got {mode})")
-            conn.execute("PRAGMA synchronous = FULL")
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise AuditError(
-                    f"{self.path}: audit schema version {version} is newer than this engine's "
-                    f"({SCHEMA_VERSION})"
-                )
-            if version < SCHEMA_VERSION:
-                # One transaction, and idempotent: two processes creating the file at once
-                # both end with the same schema.
-                conn.executescript(
-                    f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
-                )
-        except sqlite3.Error as exc:
-            conn.close()
-            raise AuditError(f"{self.path} is not a usable audit database: {exc}") from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return open_private_db(
+            self.path,
+            schema=_SCHEMA,
+            version=SCHEMA_VERSION,
+            what="audit trail",
+            error=AuditError,
+            busy_timeout=busy_timeout,
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -12,12 +12,13 @@ it brings taken in one transaction, so two racing refusals lock a credential onc
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from engine.security.private_db import open_private_db
 
 SCHEMA_VERSION = 2  # 2: lockouts
 ROLES: tuple[str, ...] = ("admin", "operator", "viewer", "system", "auditor")
@@ -124,36 +125,15 @@ class IdentityStore:
         self._conn = self._open(busy_timeout)
 
     def _open(self, busy_timeout: float) -> sqlite3.Connection:
-        try:
-            if not self.path.exists():
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            conn = sqlite3.connect(
-                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
-        except (OSError, sqlite3.Error) as exc:
-            raise IdentityStoreError(f"cannot open the identity store {self.path}: {exc}") from exc
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise IdentityStoreError(
-                    f"{self.path}: identity schema version {version} is newer than this "
-                    f"engine's ({SCHEMA_VERSION})"
-                )
-            if version < SCHEMA_VERSION:
-                conn.executescript(
-                    f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
-                )
-        except sqlite3.Error as exc:
-            conn.close()
-            raise IdentityStoreError(f"{self.path} is not a usable identity store: {exc}") from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return open_private_db(
+            self.path,
+            schema=_SCHEMA,
+            version=SCHEMA_VERSION,
+            what="identity store",
+            error=IdentityStoreError,
+            busy_timeout=busy_timeout,
+            foreign_keys=True,
+        )
 
     def close(self) -> None:
         with self._lock:
