@@ -22,29 +22,8 @@ from engine.security.identities import (
     check_password,
     key_hash,
 )
-from engine.security.identities_store import IdentityStore, default_path
-
-START = 1_750_000_000.0
-DAY = 86400.0
-PASSWORD = "correct horse battery staple"
-
-
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.t = now
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return default_path(tmp_path / "engine.db")
+from engine.security.identities_store import IdentityStore
+from tests.unit.security.identity_support import DAY, PASSWORD, START, FakeClock
 
 
 @pytest.fixture

@@ -19,31 +19,11 @@ from engine.security.identities import (
     LockoutPolicy,
     Refusal,
 )
-from engine.security.identities_store import IdentityStore, default_path
+from engine.security.identities_store import IdentityStore
+from tests.unit.security.identity_support import DAY, PASSWORD, START, FakeClock
 
-START = 1_750_000_000.0
 MINUTE = 60.0
-DAY = 86400.0
-PASSWORD = "correct horse battery staple"
 WRONG = "not the password at all"
-
-
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.t = now
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return default_path(tmp_path / "engine.db")
 
 
 @pytest.fixture
@@ -130,7 +110,7 @@ def test_a_key_is_locked_by_failures_against_its_prefix(
     assert alert_lines(caplog) == [
         f"ALERT credential locked: key:{prefix} after 5 failed attempts in 15 min"
     ]
-    assert issued.secret not in caplog.text and issued.secret.split("_")[1] not in caplog.text
+    assert issued.secret not in caplog.text and issued.secret.split("_", 1)[1] not in caplog.text
     assert ids.unlock_key(prefix) is True
     assert isinstance(ids.authenticate_key(issued.secret), Identity)
 
