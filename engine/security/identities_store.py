@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,10 @@ _LOCK_COLUMNS = "credential, locked_at, until, failures, counted_after"
 # whoever keeps guessing would keep the real owner out for ever), and the right password sent
 # without its TOTP code (the first step of a two-step login, which guesses nothing).
 NOT_COUNTED = ("locked", "totp_required")
+
+
+class _Rollback(Exception):
+    """Raised inside `_immediate` to undo the transaction without an error."""
 
 
 class IdentityStoreError(Exception):
@@ -145,6 +151,27 @@ class IdentityStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextmanager
+    def _immediate(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction under the lock: committed when the block ends, rolled
+        back when it raises (`_Rollback`: quietly, the block decided); SQLite errors become
+        IdentityStoreError."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except _Rollback:
+                    conn.execute("ROLLBACK")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise IdentityStoreError(f"identity store {self.path}: {exc}") from exc
+
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[list[Any], int]:
         """Rows and rowcount, both read under the lock (the connection is shared)."""
         with self._lock:
@@ -208,32 +235,21 @@ class IdentityStore:
     def rotate_key(self, old: str, new: ApiKey, old_expires: float) -> bool:
         """Insert `new` and shorten `old` to `old_expires`, in one transaction; false (and
         nothing changed) when `old` was revoked or rotated in the meantime."""
-        with self._lock:
-            conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    # The new row first: the old one's replaced_by refers to it.
-                    conn.execute(
-                        f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        _key_row(new),
-                    )
-                    cur = conn.execute(
-                        "UPDATE api_keys SET expires = MIN(expires, ?), replaced_by = ? "
-                        "WHERE prefix = ? AND revoked IS NULL AND replaced_by IS NULL",
-                        (old_expires, new.prefix, old),
-                    )
-                    if cur.rowcount != 1:
-                        conn.execute("ROLLBACK")
-                        return False
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise IdentityStoreError(f"identity store {self.path}: {exc}") from exc
-        return True
+        with self._immediate() as conn:
+            # The new row first: the old one's replaced_by refers to it.
+            conn.execute(
+                f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                _key_row(new),
+            )
+            cur = conn.execute(
+                "UPDATE api_keys SET expires = MIN(expires, ?), replaced_by = ? "
+                "WHERE prefix = ? AND revoked IS NULL AND replaced_by IS NULL",
+                (old_expires, new.prefix, old),
+            )
+            if cur.rowcount == 1:
+                return True
+            raise _Rollback  # old was revoked or rotated meanwhile: undo the insert
+        return False
 
     def revoke_key(self, prefix: str, at: float) -> bool:
         """True when the key existed and was not revoked already."""
@@ -264,48 +280,36 @@ class IdentityStore:
         after `since` (and after the last lock or unlock) and it is not locked at `at`, lock
         it until `until`. One transaction: returns the new lock, or None (not locked now, or
         locked already), so exactly one caller learns that the credential became locked."""
-        with self._lock:
-            conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.execute(
-                        "INSERT INTO auth_failures (credential, at, reason) VALUES (?, ?, ?)",
-                        (credential, at, reason),
-                    )
-                    row = conn.execute(
-                        f"SELECT {_LOCK_COLUMNS} FROM lockouts WHERE credential = ?",
-                        (credential,),
-                    ).fetchone()
-                    current = Lock(*row) if row else None
-                    if current is not None and at < current.until:
-                        conn.execute("COMMIT")
-                        return None
-                    after = current.counted_after if current else float("-inf")
-                    (count,) = conn.execute(
-                        "SELECT COUNT(*) FROM auth_failures WHERE credential = ? AND at >= ? "
-                        "AND at > ? AND reason NOT IN (?, ?)",
-                        (credential, since, after, *NOT_COUNTED),
-                    ).fetchone()
-                    lock = None
-                    if count >= threshold:
-                        # The lock takes the failures that made it: after it ends, locking
-                        # again needs `threshold` new ones.
-                        lock = Lock(credential, at, until, int(count), at)
-                        conn.execute(
-                            f"INSERT OR REPLACE INTO lockouts ({_LOCK_COLUMNS}) "
-                            "VALUES (?, ?, ?, ?, ?)",
-                            (lock.credential, lock.locked_at, lock.until, lock.failures,
-                             lock.counted_after),
-                        )  # fmt: skip
-                    conn.execute("COMMIT")
-                    return lock
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise IdentityStoreError(f"identity store {self.path}: {exc}") from exc
+        with self._immediate() as conn:
+            conn.execute(
+                "INSERT INTO auth_failures (credential, at, reason) VALUES (?, ?, ?)",
+                (credential, at, reason),
+            )
+            row = conn.execute(
+                f"SELECT {_LOCK_COLUMNS} FROM lockouts WHERE credential = ?",
+                (credential,),
+            ).fetchone()
+            current = Lock(*row) if row else None
+            if current is not None and at < current.until:
+                return None  # locked already: the failure is recorded, nothing more
+            after = current.counted_after if current else float("-inf")
+            (count,) = conn.execute(
+                "SELECT COUNT(*) FROM auth_failures WHERE credential = ? AND at >= ? "
+                "AND at > ? AND reason NOT IN (?, ?)",
+                (credential, since, after, *NOT_COUNTED),
+            ).fetchone()
+            lock = None
+            if count >= threshold:
+                # The lock takes the failures that made it: after it ends, locking
+                # again needs `threshold` new ones.
+                lock = Lock(credential, at, until, int(count), at)
+                conn.execute(
+                    f"INSERT OR REPLACE INTO lockouts ({_LOCK_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (lock.credential, lock.locked_at, lock.until, lock.failures,
+                     lock.counted_after),
+                )  # fmt: skip
+            return lock
 
     def lock(self, credential: str) -> Lock | None:
         """The credential's lock row, current or past (compare `until` with the time)."""
@@ -324,27 +328,16 @@ class IdentityStore:
     def unlock(self, credential: str, at: float) -> bool:
         """End any lock at `at` and stop counting the failures before it; true when the
         credential was locked. The failure rows stay (they are history, not a counter)."""
-        with self._lock:
-            conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    row = conn.execute(
-                        "SELECT until FROM lockouts WHERE credential = ?", (credential,)
-                    ).fetchone()
-                    conn.execute(
-                        f"INSERT INTO lockouts ({_LOCK_COLUMNS}) VALUES (?, NULL, ?, 0, ?) "
-                        "ON CONFLICT (credential) DO UPDATE SET "
-                        "until = MIN(until, excluded.until), counted_after = excluded.until",
-                        (credential, at, at),
-                    )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise IdentityStoreError(f"identity store {self.path}: {exc}") from exc
+        with self._immediate() as conn:
+            row = conn.execute(
+                "SELECT until FROM lockouts WHERE credential = ?", (credential,)
+            ).fetchone()
+            conn.execute(
+                f"INSERT INTO lockouts ({_LOCK_COLUMNS}) VALUES (?, NULL, ?, 0, ?) "
+                "ON CONFLICT (credential) DO UPDATE SET "
+                "until = MIN(until, excluded.until), counted_after = excluded.until",
+                (credential, at, at),
+            )
         return row is not None and at < float(row[0])
 
     def failures(self, credential: str, since: float) -> list[tuple[float, str]]:
