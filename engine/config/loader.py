@@ -26,6 +26,7 @@ from engine.config.model import (
     ListenerConfig,
     MllpListenerConfig,
     Pos,
+    SecurityConfig,
     Table,
 )
 from engine.config.registry import Plugin
@@ -88,6 +89,7 @@ class _Loading:
         semantic.unique_destinations(named, self.problems)
         store, listeners, routes = self._routes(routes_doc, set(channel_files))
         timezone = self._timezone(routes_doc)
+        security = self._security(routes_doc)
         if self.problems:
             raise ConfigError(list(dict.fromkeys(self.problems)))
         return EngineConfig(
@@ -99,7 +101,15 @@ class _Loading:
             channels=channels,
             tables=tables,
             timezone=timezone,
+            security=security,
         )
+
+    def _security(self, doc: Doc | None) -> SecurityConfig:
+        """`security:` of routes.yaml (the routes schema checked its shape)."""
+        spec = _mapping(doc.data if doc is not None else None).get("security")
+        if not isinstance(spec, dict):
+            return SecurityConfig()
+        return SecurityConfig(profile=spec.get("profile", "production"))
 
     def _timezone(self, doc: Doc | None) -> str:
         """`timezone:` of routes.yaml, checked against the zone database."""

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 AckPolicy = Literal["commit", "processed", "delivered"]
 ConflictPolicy = Literal["flag", "reject"]
+Profile = Literal["production", "development"]
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,19 @@ class Table:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    """`security:` of routes.yaml. `profile: production` (the default) turns every control on
+    and makes `engine run` refuse to start without what they need (keys, authentication);
+    `development` relaxes that for trying the engine on one machine, and says so at start."""
+
+    profile: Profile = "production"
+
+    @property
+    def production(self) -> bool:
+        return self.profile == "production"
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     root: Path  # the folder holding routes.yaml; channels/ and transforms/ are beside it
     routes_file: Path
@@ -216,6 +230,7 @@ class EngineConfig:
     tables: dict[str, Table]
     # IANA zone for HL7 times written without an offset (SIU -> FHIR, appointment state).
     timezone: str = "UTC"
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     @property
     def transforms_dir(self) -> Path:

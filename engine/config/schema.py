@@ -157,9 +157,17 @@ LISTENER = _closed(
     },
 )
 
+# `security:` of routes.yaml (engine.config.model.SecurityConfig).
+SECURITY = _closed(
+    {
+        "profile": {"enum": ["production", "development"]},
+    }
+)
+
 ROUTES = _closed(
     {
         "store": {"type": "string", "minLength": 1},
+        "security": SECURITY,
         "timezone": {
             "type": "string",
             "minLength": 1,
