@@ -64,7 +64,8 @@ def _config(source: Path, folder: Path, http_port: int, ehr_port: int) -> Path:
     (folder / "channels" / f"{CHANNEL}.yaml").write_text(yaml.safe_dump(channel))
     routes = {
         "store": "sqlite:data/engine.db",
-        "listeners": {"api": {"http": {"port": http_port}, "ack": "processed"}},
+        "security": {"profile": "development"},
+        "listeners": {"api": {"http": {"port": http_port, "auth": "none"}, "ack": "processed"}},
         "routes": {"api": [CHANNEL]},
     }
     (folder / "routes.yaml").write_text(yaml.safe_dump(routes))

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from engine.commands.audit import add_parser as add_audit_parser
 from engine.commands.common import CommandError, fail, load_config, open_for
+from engine.commands.credentials import CliCaller
 from engine.commands.identities import add_parsers as add_identity_parsers
 from engine.commands.inspect import add_filters
 
@@ -136,6 +137,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", action="append", default=[], metavar="NAME",
                    help="another name or IP for the server certificate (repeatable)")
     p.add_argument("--force", action="store_true", help="replace existing files")
+    for name, text in (("login", "open a CLI session (password, and TOTP when you have it)"),
+                       ("logout", "end the CLI session")):
+        p = command(name, text)
+        p.add_argument("--identities-db", type=Path,
+                       help="the identity file (default: $ENGINE_IDENTITIES_DB, else beside "
+                            "the store)")
+        if name == "login":
+            p.add_argument("--user", required=True)
+            p.add_argument("--password-stdin", action="store_true",
+                           help="read the password, then the TOTP code, one line each")
     add_audit_parser(sub)
     add_identity_parsers(sub)
     return parser
@@ -144,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        args.caller = _authorize(args)
         code = _dispatch(args)
         sys.stdout.flush()  # a closed pipe shows up here, not in Python's flush at exit
         return code
@@ -155,6 +167,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
     except KeyboardInterrupt:
         return 130
+
+
+def _authorize(args: argparse.Namespace) -> CliCaller | None:
+    """Who runs this command, if it touches PHI, checked against the permission table before
+    anything is opened (engine.commands.credentials)."""
+    from engine.commands.credentials import authorize
+    from engine.commands.identities import identities_path
+
+    return authorize(
+        args, lambda: identities_path(args.config, getattr(args, "identities_db", None))
+    )
 
 
 def _silence_stdout() -> None:
@@ -177,10 +200,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         from engine.commands.audit import run as run_audit
 
         return run_audit(args)
-    if args.command in ("users", "apikeys"):
+    if args.command in ("users", "apikeys", "clients"):
         from engine.commands.identities import run as run_identities
 
-        return run_identities(args)
+        return run_identities(args, args.caller)
+    if args.command in ("login", "logout"):
+        from engine.commands import credentials
+        from engine.commands.identities import identities_path
+
+        db = identities_path(args.config, args.identities_db)
+        if args.command == "logout":
+            return credentials.logout(db)
+        return credentials.login(db, args.user, args.password_stdin, sys.stdin, sys.stdout)
     config_path: Path = args.config
     if args.command == "check":
         from engine.config import run_check
@@ -190,8 +221,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         _setup_logging(args.log_level)
         from engine.runtime.engine import Engine
         from engine.runtime.instance_lock import AlreadyRunning
+        from engine.runtime.security import refusals
 
-        engine = Engine(load_config(config_path))
+        config = load_config(config_path)
+        refused = refusals(config)
+        if refused:
+            raise CommandError(f"cannot start ({config.security.profile} profile): "
+                               + "; ".join(refused))
+        engine = Engine(config)
         # Everything loaded so far (modules, schemas, compiled channels) lives as long as the
         # process: kept out of the collector's scans, and young collections made rarer, since
         # validating a FHIR body allocates hundreds of short-lived objects. Measured with
@@ -259,7 +296,7 @@ async def _store_command(args: argparse.Namespace) -> int:
     from engine.commands.audit import cli_hook
 
     config = load_config(args.config) if args.command == "replay" else None
-    audit = cli_hook(args.config, getattr(args, "store", None))
+    audit = cli_hook(args.config, args.caller.actor, getattr(args, "store", None))
     store = await open_for(args.config, getattr(args, "store", None))
     try:
         if args.command == "messages":

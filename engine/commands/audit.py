@@ -16,7 +16,6 @@ that is configured but unusable is an error.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import sys
@@ -27,6 +26,8 @@ from typing import Any, TextIO
 from engine.commands.common import CommandError, store_url
 from engine.commands.inspect import parse_time
 from engine.commands.output import dump_json, table, when
+from engine.config import ConfigError
+from engine.config.loader import security_profile
 from engine.security.audit import (
     ACTIONS,
     Actor,
@@ -37,10 +38,10 @@ from engine.security.audit import (
     AuditKeyError,
     AuditRecord,
 )
-from engine.security.audit_store import AuditStore, default_path
+from engine.security.audit_store import AuditStore
+from engine.security.locations import ENV, LocationError, security_file
 
-CLI_AGENT = "engine-cli"
-DB_ENV = "ENGINE_AUDIT_DB"
+DB_ENV = ENV["audit"]
 
 
 def add_parser(sub: Any) -> None:
@@ -80,16 +81,10 @@ def audit_path(
     config: Path, store: str | None = None, environ: Mapping[str, str] | None = None
 ) -> Path:
     """$ENGINE_AUDIT_DB if set, else beside the message store the configuration names."""
-    env = os.environ if environ is None else environ
-    if env.get(DB_ENV):
-        return Path(env[DB_ENV])
-    url = store or store_url(config)
-    if not url.startswith("sqlite:"):
-        raise CommandError(
-            f"the store is not a SQLite file: name the audit file with ${DB_ENV} or --audit-db"
-        )
-    path = url.removeprefix("sqlite:")
-    return default_path(path[2:] if path.startswith("//") else path)
+    try:
+        return security_file(store or store_url(config), "audit", environ)
+    except LocationError as exc:
+        raise CommandError(f"{exc} or --audit-db") from exc
 
 
 def _open(args: argparse.Namespace) -> AuditStore:
@@ -207,23 +202,28 @@ def _record_json(r: AuditRecord) -> dict[str, Any]:
     return body
 
 
-def cli_user() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
-        return f"uid:{os.getuid()}"
-
-
 def cli_hook(
     config: Path,
+    actor: Actor,
     store: str | None = None,
     environ: Mapping[str, str] | None = None,
     err: TextIO | None = None,
 ) -> AuditHook:
-    """The hook `messages`, `show`, `replay` and `retry` record through (see the module rule).
-    Resolved before the command touches the store, so a bad key stops it early."""
+    """The hook `messages`, `show`, `replay`, `retry` and the identity commands record
+    through, as `actor` (engine.commands.credentials). Resolved before the command touches
+    the store, so a bad key stops it early; the production profile refuses to go on without
+    a key, the development profile warns that the action was not audited."""
     env = os.environ if environ is None else environ
     if not AuditKey.configured(env):
+        try:
+            production = security_profile(config, env) == "production"
+        except ConfigError as exc:
+            raise CommandError(f"cannot read the security profile:\n{exc}") from exc
+        if production:
+            raise CommandError(
+                "the production profile audits this command: set $ENGINE_AUDIT_KEY_FILE (a "
+                "file holding the audit key) or $ENGINE_AUDIT_KEY"
+            )
 
         def unaudited(event: AuditEvent) -> None:
             (err or sys.stderr).write(
@@ -237,7 +237,6 @@ def cli_hook(
     except AuditKeyError as exc:
         raise CommandError(str(exc)) from exc
     path = audit_path(config, store, env)
-    actor = Actor(who=cli_user(), address="cli", user_agent=CLI_AGENT)
 
     def record(event: AuditEvent) -> None:
         try:

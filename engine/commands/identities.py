@@ -1,5 +1,6 @@
-"""`engine users add | list | disable | unlock` and
-`engine apikeys create | list | rotate | revoke | unlock`.
+"""`engine users add | list | disable | unlock`,
+`engine apikeys create | list | rotate | revoke | unlock` and `engine clients ...`
+(engine.commands.clients).
 
 API keys are `engine apikeys`, not `engine keys`: that name belongs to the encryption keys of
 data at rest (`engine keys rotate` re-encrypts, issue 4 item 5).
@@ -22,15 +23,16 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from engine.commands import clients
 from engine.commands.audit import cli_hook
 from engine.commands.common import CommandError, store_url
+from engine.commands.credentials import CliCaller
 from engine.commands.output import dump_json, table, when
 from engine.config.units import parse_duration
 from engine.security import totp
@@ -41,10 +43,10 @@ from engine.security.identities_store import (
     ApiKey,
     IdentityStore,
     IdentityStoreError,
-    default_path,
 )
+from engine.security.locations import ENV, LocationError, security_file
 
-DB_ENV = "ENGINE_IDENTITIES_DB"
+DB_ENV = ENV["identities"]
 
 
 def add_parsers(sub: Any) -> None:
@@ -93,24 +95,22 @@ def add_parsers(sub: Any) -> None:
     p = keys("unlock", "lift a lockout after failed uses, and clear the failure count")
     p.add_argument("prefix")
 
+    clients.add_parsers(group("clients", "API clients: OAuth client credentials or SMART "
+                                         "Backend Services, for access tokens"))
+
 
 def identities_path(config: Path, explicit: Path | None = None) -> Path:
     if explicit is not None:
         return explicit
-    if os.environ.get(DB_ENV):
-        return Path(os.environ[DB_ENV])
-    url = store_url(config)
-    if not url.startswith("sqlite:"):
-        raise CommandError(
-            f"the store is not a SQLite file: name the identity file with ${DB_ENV} or "
-            "--identities-db"
-        )
-    path = url.removeprefix("sqlite:")
-    return default_path(path[2:] if path.startswith("//") else path)
+    try:
+        return security_file(store_url(config), "identities")
+    except LocationError as exc:
+        raise CommandError(f"{exc} or --identities-db") from exc
 
 
 def run(
     args: argparse.Namespace,
+    caller: CliCaller,
     out: TextIO = sys.stdout,
     stdin: TextIO = sys.stdin,
     now: Callable[[], float] = time.time,
@@ -118,12 +118,14 @@ def run(
     path = identities_path(args.config, args.identities_db)
     verb = f"engine {args.command} {args.identity_command}"
     # Resolved before anything changes, so a bad audit key stops the command early.
-    audit = cli_hook(args.config) if args.identity_command not in ("list",) else None
+    audit = cli_hook(args.config, caller.actor) if args.identity_command != "list" else None
     try:
         with IdentityStore(path) as store:
             ids = Identities(store, now)
             if args.command == "users":
                 action, query = _users(ids, args, out, stdin)
+            elif args.command == "clients":
+                action, query = clients.run(ids, args, out)
             else:
                 action, query = _apikeys(ids, args, out, now())
     except (IdentityError, IdentityStoreError) as exc:

@@ -87,9 +87,9 @@ class _Loading:
             if channel is not None:
                 channels[name] = channel
         semantic.unique_destinations(named, self.problems)
-        store, listeners, routes = self._routes(routes_doc, set(channel_files))
-        timezone = self._timezone(routes_doc)
         security = self._security(routes_doc)
+        store, listeners, routes = self._routes(routes_doc, set(channel_files), security)
+        timezone = self._timezone(routes_doc)
         if self.problems:
             raise ConfigError(list(dict.fromkeys(self.problems)))
         return EngineConfig(
@@ -215,7 +215,7 @@ class _Loading:
         )
 
     def _routes(
-        self, doc: Doc | None, channels: set[str]
+        self, doc: Doc | None, channels: set[str], security: SecurityConfig
     ) -> tuple[str, dict[str, ListenerConfig], dict[str, tuple[str, ...]]]:
         if doc is None:
             return DEFAULT_STORE, {}, {}
@@ -226,7 +226,7 @@ class _Loading:
         raw_listeners = _mapping(data.get("listeners"))
         listeners: dict[str, ListenerConfig] = {}
         for name, spec in raw_listeners.items():
-            listener = self._listener(doc, name, spec)
+            listener = self._listener(doc, name, spec, security)
             if listener is not None:
                 listeners[name] = listener
         semantic.listener_ports(listeners.values(), self.problems)
@@ -239,7 +239,9 @@ class _Loading:
         }
         return store, listeners, routes
 
-    def _listener(self, doc: Doc, name: str, spec: Any) -> ListenerConfig | None:
+    def _listener(
+        self, doc: Doc, name: str, spec: Any, security: SecurityConfig
+    ) -> ListenerConfig | None:
         if not isinstance(spec, dict):
             return None  # the routes schema reported it
         path = ("listeners", name)
@@ -261,6 +263,9 @@ class _Loading:
         block = dict(spec[kind])
         if kind == "http":
             block["rate_limit"] = semantic.rate_limit(doc, (*path, kind), block, self.problems)
+            if block.get("auth") == "none" and security.production:
+                self._problem(doc.at((*path, kind, "auth")), "auth: none is for the "
+                              "development profile only (security: {profile: development})")
         block["tls"] = semantic.listener_tls(doc, (*path, kind), block, self.problems)
         return ListenerConfig(
             name=name,
@@ -306,13 +311,30 @@ def store_url(routes_file: Path, environ: Mapping[str, str] | None = None) -> st
     """The store of a configuration, read from routes.yaml alone: inspection commands keep
     working while a channel file is broken. Raises ConfigError when routes.yaml itself
     cannot be read or its `store` is not text."""
+    store = _routes_setting(routes_file, environ, ("store",), DEFAULT_STORE)
+    return resolve_store(store, routes_file.resolve().parent)
+
+
+def security_profile(routes_file: Path, environ: Mapping[str, str] | None = None) -> str:
+    """`security.profile` of routes.yaml alone (production when absent), as `store_url`."""
+    profile = _routes_setting(routes_file, environ, ("security", "profile"), "production")
+    if profile not in ("production", "development"):
+        raise ConfigError([ConfigProblem(Pos(routes_file, 1, 1),
+                                         "security.profile: expected production or development")])
+    return profile
+
+
+def _routes_setting(
+    routes_file: Path, environ: Mapping[str, str] | None, path: tuple[str, ...], default: str
+) -> str:
     problems: list[ConfigProblem] = []
     doc = yaml_nodes.read(routes_file, os.environ if environ is None else environ, problems)
-    data = doc.data if doc is not None else None
-    store = data.get("store", DEFAULT_STORE) if isinstance(data, dict) else DEFAULT_STORE
-    if doc is None or not isinstance(store, str):
+    value: Any = doc.data if doc is not None else None
+    for key in path:
+        value = value.get(key, default) if isinstance(value, dict) else default
+    if doc is None or not isinstance(value, str):
         raise ConfigError(problems or [ConfigProblem(Pos(routes_file, 1, 1), "expected text")])
-    return resolve_store(store, routes_file.resolve().parent)
+    return value
 
 
 def _mapping(value: Any) -> dict[str, Any]:

@@ -95,6 +95,9 @@ class HttpListenerConfig:
     tls: ListenerTls | None = None
     plain: str | None = None  # as for MLLP
     rate_limit: RateLimit | None = None
+    # `required`: every route but the public ones needs a credential (engine.security.
+    # permissions); `none` (development profile only) serves everyone as admin.
+    auth: Literal["required", "none"] = "required"
 
 
 @dataclass(frozen=True)

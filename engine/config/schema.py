@@ -143,6 +143,10 @@ HTTP_LISTENER = _closed(
         "max_body_bytes": {"x-unit": SIZE, "minimum": 1},
         "max_connections": {"type": "integer", "minimum": 1},
         "rate_limit": RATE_LIMIT,
+        "auth": {
+            "enum": ["required", "none"],
+            "x-expected": "required (the default) or none (development profile only)",
+        },
     },
     required=["port"],
 )

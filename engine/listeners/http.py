@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,12 +49,18 @@ from engine.fhir.outcome import Invalid, Issue, operation_outcome
 from engine.fhir.rest import FhirAnswer, answer_headers, fail, presented
 from engine.fhir.validation import parse_appointment
 from engine.listeners.fhir_bundles import handle_bundle
+from engine.listeners.http_auth import HttpAuth
 from engine.listeners.http_gate import Door
+from engine.listeners.http_routes import RouteTable
 from engine.runtime.fhir_intake import FhirIntake, FhirRequest
+from engine.security.identities import Identity
+from engine.security.permissions import HTTP_ROUTES, allowed, only_cancel
 from engine.security.ratelimit import RequestLimits, Throttled
 from engine.security.tls import AllowList, fingerprint, peer_refusal, server_context
 
 log = logging.getLogger("engine.listener")
+
+Handler = Callable[[web.Request, Identity | None, str], Awaitable[web.Response]]
 
 FHIR_JSON = "application/fhir+json"
 _JSON_TYPES = frozenset({FHIR_JSON, "application/json"})
@@ -98,10 +105,18 @@ class HttpListenerStats:
     requests: int = 0  # every request that reached the listener
     tls_refused: int = 0  # client certificate not on the allow-list (403)
     throttled: int = 0  # over a rate limit (429)
+    unauthenticated: int = 0  # no credential, or one refused (401)
+    forbidden: int = 0  # a role without the route's permission (403)
 
 
 class HttpListener:
-    def __init__(self, config: ListenerConfig, intake: FhirIntake, version: str = "") -> None:
+    def __init__(
+        self,
+        config: ListenerConfig,
+        intake: FhirIntake,
+        version: str = "",
+        auth: HttpAuth | None = None,
+    ) -> None:
         assert config.http is not None
         self.config = config
         self.http = config.http
@@ -116,6 +131,22 @@ class HttpListener:
         self.door = Door(config.name, self.http.max_connections, self.stats)
         # Replaceable before or while serving (a test injects one with a fake clock).
         self.limits = RequestLimits(self.http.rate_limit)
+        self.auth = auth or HttpAuth(config.name, None, None)
+        self.routes = RouteTable(HTTP_ROUTES, self._base)
+        self._handlers: dict[str, Handler] = {
+            "fhir.metadata": self._metadata,
+            "smart.configuration": self._smart,
+            "auth.token": self._token,
+            "auth.login": self._login,
+            "auth.logout": self._logout,
+            "fhir.bundle": self._bundle,
+            "fhir.create": self._create,
+            "fhir.update": self._update,
+            "fhir.read": self._read,
+        }
+        # A route without its handler, or a handler without a route (and so without a
+        # permission), is a bug to catch at start, not on the first request.
+        assert set(self._handlers) == {r.name for r in HTTP_ROUTES}
 
     @property
     def port(self) -> int:
@@ -172,37 +203,84 @@ class HttpListener:
             return json_response(500, fail(500, "exception", "internal error").outcome, {})
 
     async def _route(self, request: web.Request) -> web.Response:
-        path = request.path.rstrip("/")
-        if path != self._base and not path.startswith(self._base + "/"):
-            return self._error(fail(404, "not-found", "not a FHIR endpoint of this engine"))
-        parts = [p for p in path[len(self._base):].split("/") if p]
-        method = request.method
-        base_url = self.base_url(request)
-        if parts == ["metadata"]:
-            if method != "GET":
-                return self._not_allowed("GET")
-            statement = capability_statement(base_url, self._version, self.intake.now())
-            return json_response(200, statement, {})
-        if not parts:
-            if method != "POST":
-                return self._not_allowed("POST")
-            return await self._write(request, base_url, bundle=True)
-        if parts[0] != "Appointment" or len(parts) > 2:
-            return self._error(fail(404, "not-supported",
-                                    "only Appointment is served here"))
-        if len(parts) == 1:
-            if method != "POST":
-                return self._not_allowed("POST")
-            return await self._write(request, base_url)
-        if method == "GET":
-            return respond(request, base_url, await self.intake.read(parts[1]))
-        if method != "PUT":
-            return self._not_allowed("GET, PUT")
-        return await self._write(request, base_url, target=parts[1])
+        found = self.routes.match(request.method, request.path)
+        if found is None:
+            return self._error(fail(404, "not-found", "no such endpoint on this listener"))
+        if isinstance(found, str):
+            return self._not_allowed(found)
+        route, target = found
+        identity: Identity | None = None
+        if not route.public:
+            known = self.auth.identify(request)
+            if not isinstance(known, Identity):
+                self.stats.unauthenticated += 1
+                answer = fail(401, "login", "authentication required: a bearer token, an API "
+                              "key or a session, valid now")  # fmt: skip
+                return json_response(401, answer.outcome,
+                                     {"WWW-Authenticate": 'Bearer realm="engine"'})
+            if not allowed(known.role, route.needs):
+                self.stats.forbidden += 1
+                await self.auth.record(request, known, "E", f"{route.method} {route.name}", 4)
+                return self._error(fail(403, "forbidden", f"the {known.role} role may not "
+                                        f"{route.method} here"))
+            identity = known
+        handler = self._handlers[route.name]
+        return await handler(request, identity, target)
+
+    # handlers, one per route of engine.security.permissions.HTTP_ROUTES
+
+    async def _metadata(self, request: web.Request, _: Identity | None, __: str) -> web.Response:
+        statement = capability_statement(self.base_url(request), self._version,
+                                         self.intake.now())  # fmt: skip
+        return json_response(200, statement, {})
+
+    async def _smart(self, request: web.Request, _: Identity | None, __: str) -> web.Response:
+        return json_response(200, self.auth.smart_configuration(self._token_url(request)), {})
+
+    async def _token(self, request: web.Request, _: Identity | None, __: str) -> web.Response:
+        return await self.auth.token(request, self._token_url(request))
+
+    async def _login(self, request: web.Request, _: Identity | None, __: str) -> web.Response:
+        return await self.auth.login(request, secure=self.ssl is not None)
+
+    async def _logout(self, request: web.Request, who: Identity | None, _: str) -> web.Response:
+        assert who is not None
+        return await self.auth.logout(request, who)
+
+    async def _bundle(self, request: web.Request, _: Identity | None, __: str) -> web.Response:
+        return await self._write(request, self.base_url(request), bundle=True)
+
+    async def _create(self, request: web.Request, _: Identity | None, __: str) -> web.Response:
+        return await self._write(request, self.base_url(request))
+
+    async def _update(self, request: web.Request, who: Identity | None, id_: str) -> web.Response:
+        assert who is not None
+        limited = only_cancel(who.role)
+        response = await self._write(request, self.base_url(request), target=id_,
+                                     only_cancel=limited)  # fmt: skip
+        if limited:  # a person's change (a machine's are the message store's record)
+            await self.auth.record(request, who, "U", "PUT Appointment",
+                                   0 if response.status < 400 else 4, appointment_ids=(id_,))
+        return response
+
+    async def _read(self, request: web.Request, who: Identity | None, id_: str) -> web.Response:
+        answer = await self.intake.read(id_)
+        try:  # recorded before anything is shown; if it cannot be, nothing is
+            await self.auth.record(
+                request, who, "R", "GET Appointment", 0 if answer.ok else 4,
+                appointment_ids=(id_,), patient_ids=patients_of(answer.resource),
+            )  # fmt: skip
+        except Exception as exc:
+            log.error("listener %s: audit failed: %s", self.config.name, type(exc).__name__)
+            return self._error(fail(503, "transient", "the read could not be audited"))
+        return respond(request, self.base_url(request), answer)
+
+    def _token_url(self, request: web.Request) -> str:
+        return f"{request.scheme}://{request.host}/auth/token"
 
     async def _write(
         self, request: web.Request, base_url: str, *, target: str | None = None,
-        bundle: bool = False,
+        bundle: bool = False, only_cancel: bool = False,
     ) -> web.Response:
         if request.content_type not in _JSON_TYPES:
             return self._error(fail(415, "not-supported",
@@ -224,6 +302,7 @@ class HttpListener:
             target=target,
             if_match=request.headers.get("If-Match"),
             if_none_exist=request.headers.get("If-None-Exist"),
+            only_cancel=only_cancel,
         )
         return respond(request, base_url, await self.intake.submit(self.config, fhir_request))
 
@@ -267,6 +346,23 @@ class HttpListener:
     def _not_allowed(self, allowed: str) -> web.Response:
         answer = fail(405, "not-supported", f"this path accepts {allowed}")
         return json_response(405, answer.outcome, {"Allow": allowed})
+
+
+def patients_of(resource: dict[str, Any] | None) -> tuple[str, ...]:
+    """The patients an Appointment names, for the audit trail: the identifier of a Patient
+    actor (as the engine's conversions write it), else the id of a `Patient/<id>` reference."""
+    found = []
+    for p in (resource or {}).get("participant", ()):
+        actor = p.get("actor") if isinstance(p, dict) else None
+        if not isinstance(actor, dict):
+            continue
+        reference = actor.get("reference")
+        identifier = actor.get("identifier")
+        if actor.get("type") == "Patient" and isinstance(identifier, dict):
+            found.append(str(identifier.get("value", "")))
+        elif isinstance(reference, str) and reference.startswith("Patient/"):
+            found.append(reference.removeprefix("Patient/"))
+    return tuple(v for v in found if v)
 
 
 def _client_identity(ssl_object: object) -> str | None:

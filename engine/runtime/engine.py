@@ -14,10 +14,11 @@ import signal
 from collections.abc import Callable
 
 from engine import __version__
-from engine.config.model import DestinationConfig, EngineConfig
+from engine.config.model import DestinationConfig, EngineConfig, ListenerConfig
 from engine.destinations import build as build_destination
 from engine.destinations.base import Destination
 from engine.listeners.http import HttpListener
+from engine.listeners.http_auth import HttpAuth
 from engine.listeners.mllp import MllpListener
 from engine.pipeline.channel import CompiledChannel, compile_channels
 from engine.pipeline.steps.base import CompileContext
@@ -26,6 +27,7 @@ from engine.runtime.dispatcher import Dispatcher
 from engine.runtime.fhir_intake import FhirIntake
 from engine.runtime.instance_lock import InstanceLock
 from engine.runtime.intake import Intake
+from engine.runtime.security import SecurityServices
 from engine.runtime.sync_failed import SyncFailedEvents
 from engine.store import open_store
 from engine.store.base import Store
@@ -46,6 +48,7 @@ class Engine:
         clock: Clock | None = None,
         destination_factory: Callable[[DestinationConfig], Destination] = build_destination,
         poll_interval: float = 1.0,
+        security: SecurityServices | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
@@ -71,14 +74,21 @@ class Engine:
             self.intake.gate,
             self.intake.control_ids,
         )
+        self.security = security or SecurityServices(config)
         self.listeners: dict[str, MllpListener | HttpListener] = {
             name: MllpListener(cfg, self.intake)
             if cfg.mllp is not None
-            else HttpListener(cfg, self.fhir_intake, __version__)
+            else HttpListener(cfg, self.fhir_intake, __version__, self._auth(cfg))
             for name, cfg in config.listeners.items()
         }
         self._stopped = asyncio.Event()
         self._lock = InstanceLock.for_store(config.store)
+
+    def _auth(self, cfg: ListenerConfig) -> HttpAuth:
+        assert cfg.http is not None
+        access = self.security.access if cfg.http.auth == "required" else None
+        audit = self.security.audit if self.security.audit_log is not None else None
+        return HttpAuth(cfg.name, access, audit)
 
     async def start(self) -> None:
         if self._lock is not None:
@@ -98,12 +108,15 @@ class Engine:
         log.info(
             "engine started: %d listeners, %d channels", len(self.listeners), len(self.channels)
         )
+        for warning in self.security.warnings:
+            log.warning("%s", warning)
 
     async def stop(self) -> None:
         for listener in self.listeners.values():
             await listener.stop()
         await self.dispatcher.stop()
         await self.store.close()
+        self.security.close()
         self._release_lock()
         self._stopped.set()
 

@@ -69,6 +69,9 @@ class FhirRequest:
     if_match: str | None = None
     if_none_exist: str | None = None
     at: str = "Appointment"  # where issues point (Bundle.entry[2].resource in a Bundle)
+    # The caller may only cancel (engine.security.permissions.only_cancel): an update that
+    # changes anything but the status, or sets another status, is refused with 403.
+    only_cancel: bool = False
 
 
 def _refused(status: int, code: str, diagnostics: str, *expression: str) -> _Refused:
@@ -298,6 +301,10 @@ class FhirIntake:
             if match is None or int(match.group(1)) != target.version:
                 return _refused(412, "conflict", "If-Match does not name the current version "
                                 f"({target.version})", at)
+        if request.only_cancel and not _only_cancels(request.resource, target.resource):
+            # Checked here, under the appointment's hold, against the version it replaces.
+            return _refused(403, "forbidden", "this role may only cancel an appointment: "
+                            "set status to cancelled and change nothing else", at)
         return None
 
     def _committed(self, prepared: _Prepared, ingested: Ingested) -> FhirAnswer:
@@ -349,6 +356,16 @@ def _answer(status: int, row: AppointmentRow) -> FhirAnswer:
         version=row.version,
         last_modified=row.updated_at,
     )
+
+
+_SERVER_OWNED = ("id", "meta", "text")
+
+
+def _only_cancels(resource: dict[str, Any], stored: bytes) -> bool:
+    """True when `resource` is the stored version with its status set to cancelled."""
+    before = {k: v for k, v in json.loads(stored).items() if k not in _SERVER_OWNED}
+    after = {k: v for k, v in resource.items() if k not in _SERVER_OWNED}
+    return after.get("status") == "cancelled" and {**before, "status": "cancelled"} == after
 
 
 def _unkeyed(raw: bytes) -> Decoded:

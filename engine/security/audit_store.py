@@ -69,11 +69,6 @@ _COLUMNS = (
 )
 
 
-def default_path(store_path: str | Path) -> Path:
-    """Beside the message store: `data/engine.db` -> `data/engine.db.audit.db`."""
-    return Path(f"{store_path}.audit.db")
-
-
 class AuditStore:
     """One audit file. Thread-safe: appends from several threads share one lock, and appends
     from other connections or processes are serialised by SQLite's write lock."""

@@ -66,7 +66,9 @@ _KEY = re.compile(r"^(ek[0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 Reason = Literal[
     "unknown_user", "disabled", "bad_password", "totp_required", "bad_totp", "totp_reused",
     "mfa_not_enrolled", "malformed_key", "unknown_key", "key_revoked", "key_expired",
-    "owner_disabled", "locked",
+    "owner_disabled", "locked", "unknown_client", "client_disabled", "bad_secret",
+    "bad_assertion", "jti_replayed", "unknown_token", "token_expired", "session_idle",
+    "token_ended",
 ]  # fmt: skip
 
 
@@ -99,10 +101,16 @@ class LockoutPolicy:
 class Identity:
     """Who was authenticated, and with what."""
 
-    name: str  # the user, or the key's owner
+    name: str  # the user, the key's owner, or the API client
     role: str
-    via: Literal["password", "key"]
+    via: Literal["password", "key", "client", "token", "session"]
     key_prefix: str | None = None
+    kind: Literal["user", "client", "os"] = "user"  # os: the CLI's OS user (development)
+
+    @property
+    def subject(self) -> str:
+        """"user:NAME", "client:NAME" or "os:NAME": what tokens and the audit trail name."""
+        return f"{self.kind}:{self.name}"
 
 
 @dataclass(frozen=True)
@@ -110,7 +118,7 @@ class Refusal:
     """Why authentication failed. `reason` is for the audit trail; callers show `public`."""
 
     reason: Reason
-    credential: str  # "user:NAME" or "key:PREFIX": what the failure is counted against
+    credential: str  # "user:NAME", "key:PREFIX", "client:NAME": what the failure counts against
 
     @property
     def public(self) -> str:
@@ -198,7 +206,7 @@ class Identities:
     def add_user(self, name: str, role: str, password: str, *, mfa: bool = False) -> str | None:
         """Create a user; returns the new TOTP secret (always for admin, else when `mfa`), to
         be shown once as a provisioning URI."""
-        _check_name(name)
+        check_name(name)
         _check_role(role)
         if not isinstance(password, str) or not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
             raise IdentityError(
@@ -252,7 +260,7 @@ class Identities:
             elif not self.store.use_totp_step(user.name, step):
                 reason = "totp_reused"  # another login claimed this step first
         if reason is not None or user is None:
-            return self._refuse(reason or "unknown_user", credential)
+            return self.refuse(reason or "unknown_user", credential)
         return Identity(user.name, user.role, "password")
 
     # API keys
@@ -306,22 +314,22 @@ class Identities:
     def authenticate_key(self, secret: str) -> Identity | Refusal:
         found = _KEY.match(secret.strip()) if isinstance(secret, str) else None
         if found is None:
-            return self._refuse("malformed_key", "key:(malformed)")
+            return self.refuse("malformed_key", "key:(malformed)")
         prefix = found.group(1)
         credential = f"key:{prefix}"
         if self.locked(credential) is not None:
-            return self._refuse("locked", credential)
+            return self.refuse("locked", credential)
         key = self.store.key(prefix)
         digest = key_hash(found.group(0))
         if key is None or not hmac.compare_digest(digest, key.hash):
-            return self._refuse("unknown_key", credential)
+            return self.refuse("unknown_key", credential)
         if key.revoked is not None:
-            return self._refuse("key_revoked", credential)
+            return self.refuse("key_revoked", credential)
         if self.now() >= key.expires:
-            return self._refuse("key_expired", credential)
+            return self.refuse("key_expired", credential)
         owner = self.store.user(key.owner)
         if owner is None or owner.disabled is not None:
-            return self._refuse("owner_disabled", credential)
+            return self.refuse("owner_disabled", credential)
         return Identity(key.owner, key.role, "key", prefix)
 
     def failures(self, credential: str, window: float) -> list[tuple[float, str]]:
@@ -350,7 +358,8 @@ class Identities:
         self._key(prefix)
         return self.store.unlock(f"key:{prefix}", self.now())
 
-    def _refuse(self, reason: Reason, credential: str) -> Refusal:
+    def refuse(self, reason: Reason, credential: str) -> Refusal:
+        """Record a refusal of `credential` (and lock it when the policy says so)."""
         now = self.now()
         if reason == "locked" or credential.endswith(")"):
             # "user:(invalid name)" and "key:(malformed)" pool everyone's junk: locking them
@@ -392,7 +401,7 @@ def _span(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
     if not isinstance(name, str) or not _NAME.match(name):
         raise IdentityError(
             "a user name is 1 to 64 characters: letters, digits and . _ @ -, starting with a "

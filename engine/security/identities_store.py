@@ -1,4 +1,5 @@
-"""The identity store's own SQLite file: users, API keys, failed authentications and locks.
+"""The identity store's own SQLite file: users, API keys, API clients, access tokens and
+sessions, used assertion ids, failed authentications and locks.
 
 Rules kept here: the file is created private (0600; SQLite gives its WAL the same mode) and
 lives apart from the message store and the audit trail (`<store>.identities.db`); it holds
@@ -7,7 +8,9 @@ it returns (WAL, synchronous=FULL), so a revocation is on disk, and seen by ever
 connection, the moment `revoke_key` returns. The policy (who may have what, what a hash is)
 lives in `identities`; this module stores rows and keeps the few invariants SQL can keep
 (roles, one use per TOTP step, rotation in one transaction, a failure recorded and the lock
-it brings taken in one transaction, so two racing refusals lock a credential once).
+it brings taken in one transaction, so two racing refusals lock a credential once, one use
+per assertion `jti` by a primary key). Tokens and sessions are stored as the SHA-256 of their
+text, like API keys.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 from engine.security.private_db import open_private_db
 
-SCHEMA_VERSION = 2  # 2: lockouts
+SCHEMA_VERSION = 3  # 2: lockouts, 3: clients, tokens, used assertion ids
 ROLES: tuple[str, ...] = ("admin", "operator", "viewer", "system", "auditor")
 _ROLE_CHECK = "role IN ('admin', 'operator', 'viewer', 'system', 'auditor')"
 _SCHEMA = f"""
@@ -59,10 +62,39 @@ CREATE TABLE IF NOT EXISTS lockouts (
     failures INTEGER NOT NULL,        -- how many failures in the window locked it
     counted_after REAL NOT NULL       -- failures at or before this no longer count
 );
+CREATE TABLE IF NOT EXISTS clients (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL CHECK ({_ROLE_CHECK} AND role != 'admin'),
+    secret_hash TEXT,                 -- SHA-256 hex of the client secret (client credentials)
+    public_key TEXT,                  -- PEM of the key its assertions are signed with (SMART)
+    created REAL NOT NULL,
+    disabled REAL,
+    CHECK ((secret_hash IS NULL) != (public_key IS NULL))
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    hash TEXT PRIMARY KEY,            -- SHA-256 hex of the token or session text
+    kind TEXT NOT NULL CHECK (kind IN ('access', 'session')),
+    subject TEXT NOT NULL,            -- "client:NAME", "user:NAME"
+    role TEXT NOT NULL CHECK ({_ROLE_CHECK}),
+    issued REAL NOT NULL,
+    expires REAL NOT NULL,            -- the absolute end
+    idle REAL,                        -- a session ends this long after last_seen
+    last_seen REAL NOT NULL,
+    ended REAL
+);
+CREATE INDEX IF NOT EXISTS tokens_subject ON tokens (subject);
+CREATE TABLE IF NOT EXISTS used_jtis (
+    client TEXT NOT NULL,
+    jti TEXT NOT NULL,
+    expires REAL NOT NULL,            -- kept until the assertion could no longer be used
+    PRIMARY KEY (client, jti)
+);
 """
 _USER_COLUMNS = "name, role, password, totp_secret, totp_last_step, created, disabled"
 _KEY_COLUMNS = "prefix, hash, owner, role, created, expires, revoked, replaced_by"
 _LOCK_COLUMNS = "credential, locked_at, until, failures, counted_after"
+_CLIENT_COLUMNS = "name, role, secret_hash, public_key, created, disabled"
+_TOKEN_COLUMNS = "hash, kind, subject, role, issued, expires, idle, last_seen, ended"
 # Recorded for the audit, never counted towards a lock: an attempt made while locked (else
 # whoever keeps guessing would keep the real owner out for ever), and the right password sent
 # without its TOTP code (the first step of a two-step login, which guesses nothing).
@@ -116,9 +148,35 @@ class Lock:
     counted_after: float
 
 
-def default_path(store_path: str | Path) -> Path:
-    """Beside the message store: `data/engine.db` -> `data/engine.db.identities.db`."""
-    return Path(f"{store_path}.identities.db")
+@dataclass(frozen=True, repr=False)
+class Client:
+    """An API client: authenticated by a secret (its hash kept) or by assertions signed with
+    its registered public key."""
+
+    name: str
+    role: str
+    secret_hash: str | None
+    public_key: str | None
+    created: float
+    disabled: float | None
+
+    def __repr__(self) -> str:
+        return f"Client({self.name!r}, role={self.role}, disabled={self.disabled is not None})"
+
+
+@dataclass(frozen=True)
+class Token:
+    """An access token or a session, by the hash of its text (never the text)."""
+
+    hash: str
+    kind: str  # access | session
+    subject: str  # "client:NAME" | "user:NAME"
+    role: str
+    issued: float
+    expires: float
+    idle: float | None
+    last_seen: float
+    ended: float | None
 
 
 class IdentityStore:
@@ -347,6 +405,74 @@ class IdentityStore:
             (credential, since),
         )
         return [(float(at), str(reason)) for at, reason in rows]
+
+    # API clients
+
+    def insert_client(self, client: Client) -> None:
+        """Raises sqlite3.IntegrityError when the name is taken."""
+        self._run(f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                  (client.name, client.role, client.secret_hash, client.public_key,
+                   client.created, client.disabled))  # fmt: skip
+
+    def client(self, name: str) -> Client | None:
+        rows, _ = self._run(f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE name = ?", (name,))
+        return Client(*rows[0]) if rows else None
+
+    def clients(self) -> list[Client]:
+        rows, _ = self._run(f"SELECT {_CLIENT_COLUMNS} FROM clients ORDER BY name")
+        return [Client(*r) for r in rows]
+
+    def disable_client(self, name: str, at: float) -> bool:
+        """True when the client existed and was enabled; its tokens end with it."""
+        with self._immediate() as conn:
+            cur = conn.execute(
+                "UPDATE clients SET disabled = ? WHERE name = ? AND disabled IS NULL", (at, name)
+            )
+            conn.execute("UPDATE tokens SET ended = ? WHERE subject = ? AND ended IS NULL",
+                         (at, f"client:{name}"))  # fmt: skip
+            return cur.rowcount == 1
+
+    def use_jti(self, client: str, jti: str, expires: float, at: float) -> bool:
+        """Claim an assertion id for `client`: false when it was used before. Ids whose
+        assertions have expired are forgotten (they can no longer be replayed anyway)."""
+        with self._immediate() as conn:
+            conn.execute("DELETE FROM used_jtis WHERE expires < ?", (at,))
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO used_jtis (client, jti, expires) VALUES (?, ?, ?)",
+                (client, jti, expires),
+            )
+            return cur.rowcount == 1
+
+    # access tokens and sessions
+
+    def insert_token(self, token: Token) -> None:
+        with self._immediate() as conn:
+            # Ended and expired rows are no use to anyone: they go as new ones come.
+            conn.execute("DELETE FROM tokens WHERE expires < ?", (token.issued - 86400,))
+            conn.execute(f"INSERT INTO tokens ({_TOKEN_COLUMNS}) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (token.hash, token.kind, token.subject, token.role, token.issued,
+                          token.expires, token.idle, token.last_seen, token.ended))  # fmt: skip
+
+    def token(self, digest: str) -> Token | None:
+        rows, _ = self._run(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE hash = ?", (digest,))
+        return Token(*rows[0]) if rows else None
+
+    def touch_token(self, digest: str, at: float) -> None:
+        self._run("UPDATE tokens SET last_seen = MAX(last_seen, ?) WHERE hash = ?", (at, digest))
+
+    def end_token(self, digest: str, at: float) -> bool:
+        _, changed = self._run(
+            "UPDATE tokens SET ended = ? WHERE hash = ? AND ended IS NULL", (at, digest)
+        )
+        return changed == 1
+
+    def end_tokens_of(self, subject: str, at: float) -> int:
+        """End every token and session of `subject` ("user:NAME"); how many were live."""
+        _, changed = self._run(
+            "UPDATE tokens SET ended = ? WHERE subject = ? AND ended IS NULL", (at, subject)
+        )
+        return changed
 
 
 def _key_row(k: ApiKey) -> tuple[Any, ...]:

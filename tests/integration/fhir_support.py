@@ -34,15 +34,20 @@ def write_fhir_config(
     mllp_port: int | None = None,
     max_body: str = "64KiB",
     ack: str = "processed",
+    auth: str = "none",
 ) -> Path:
+    """FHIR semantics are tested with `auth: none` (development profile); `auth="required"`
+    gives the production profile, as test_auth.py uses."""
     write_channels(root, channels)
     listeners: dict[str, Any] = {
-        "api": {"http": {"port": http_port, "max_body_bytes": max_body}, "ack": ack}
+        "api": {"http": {"port": http_port, "max_body_bytes": max_body, "auth": auth},
+                "ack": ack}
     }
     if mllp_port is not None:
         listeners["feed"] = {"mllp": {"port": mllp_port}}
     config = {
         "store": "sqlite:data/engine.db",
+        "security": {"profile": "development" if auth == "none" else "production"},
         "listeners": listeners,
         "routes": routes or {"api": list(channels)},
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 from engine.protocol.er7 import peek_header
 from engine.testing.fake_ehr import FakeEhr
 from engine.testing.mllp_client import MllpClient
+from tests.integration.cli_support import CLI_ENV
 from tests.integration.conftest import (
     ack_code,
     channel,
@@ -33,6 +35,8 @@ def start_engine(routes: Path, log: Path) -> subprocess.Popen[bytes]:
             [sys.executable, "-m", "engine", "run", "--config", str(routes),
              "--log-level", "warning"],
             cwd=routes.parent, stdout=out, stderr=out,
+            # The production profile (the test config names none) needs its audit key.
+            env={**CLI_ENV, "ENGINE_AUDIT_KEY": secrets.token_hex(32)},
         )
 
 

@@ -28,11 +28,12 @@ from tests.integration.fhir_support import archive_channel
 
 def write_config(root: Path, port: int, max_connections: Any, tls: DevCerts | None = None) -> Path:
     write_channels(root, {"fhir": archive_channel(root / "out")})
-    http: dict[str, Any] = {"port": port, "max_connections": max_connections}
+    http: dict[str, Any] = {"port": port, "max_connections": max_connections, "auth": "none"}
     if tls is not None:
         http["tls"] = {"cert": str(tls.server), "key": str(tls.server_key)}
     config = {
         "store": "sqlite:data/engine.db",
+        "security": {"profile": "development"},
         "listeners": {"api": {"http": http}},
         "routes": {"api": ["fhir"]},
     }

@@ -36,11 +36,12 @@ class FakeClock:
 
 def write_config(root: Path, port: int, rate_limit: Any) -> Path:
     write_channels(root, {"fhir": archive_channel(root / "out")})
-    http: dict[str, Any] = {"port": port, "max_body_bytes": "4KiB"}
+    http: dict[str, Any] = {"port": port, "max_body_bytes": "4KiB", "auth": "none"}
     if rate_limit is not None:
         http["rate_limit"] = rate_limit
     config = {
         "store": "sqlite:data/engine.db",
+        "security": {"profile": "development"},
         "listeners": {"api": {"http": http}},
         "routes": {"api": ["fhir"]},
     }

@@ -62,9 +62,10 @@ def write_tls_config(
                           "fhir": archive_channel(root / "out-fhir")})
     config = {
         "store": "sqlite:data/engine.db",
+        "security": {"profile": "development"},
         "listeners": {
             "feed": {"mllp": {"port": mllp_port, "host": host, "tls": tls}},
-            "api": {"http": {"port": http_port, "host": host, "tls": tls}},
+            "api": {"http": {"port": http_port, "host": host, "tls": tls, "auth": "none"}},
         },
         "routes": {"feed": ["siu"], "api": ["fhir"]},
     }

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.security.identities_store import default_path
+from engine.security.locations import security_file
 from tests.unit.security.identity_support import FakeClock
 
 
@@ -18,4 +18,4 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
-    return default_path(tmp_path / "engine.db")
+    return security_file(f"sqlite:{tmp_path / 'engine.db'}", "identities", {})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.commands.audit import cli_user
+from engine.commands.credentials import os_user
 from engine.security.audit import Actor, AuditEvent, AuditKey
 from engine.security.audit_store import AuditStore
 from engine.store.sqlite import SqliteStore
@@ -24,7 +24,8 @@ from tests.unit.store.helpers import make_ingest
 @pytest.fixture
 def routes(tmp_path: Path) -> Path:
     path = tmp_path / "routes.yaml"
-    path.write_text("store: sqlite:engine.db\n")
+    # Development: the commands run as the OS user (test_cli_roles.py tests credentials).
+    path.write_text("store: sqlite:engine.db\nsecurity: {profile: development}\n")
 
     async def one_message() -> None:
         store = SqliteStore(tmp_path / "engine.db")
@@ -74,7 +75,7 @@ def test_show_and_messages_are_recorded_as_the_os_user(routes: Path):
         ["PAT777"],
         ["APT7"],
     )
-    assert (read["who"], read["address"], read["outcome"]) == (cli_user(), "cli", 0)
+    assert (read["who"], read["address"], read["outcome"]) == (f"os:{os_user()}", "cli", 0)
     assert search["action"] == "E" and search["what"] == "engine messages"
     assert search["query"] == {"patient_id": "PAT777", "limit": 100} and search["count"] == 1
     assert search["patient_ids"] == ["PAT777"] and search["message_ids"] == [1]

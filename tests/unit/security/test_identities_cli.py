@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from engine.commands.common import CommandError
+from engine.commands.credentials import CliCaller
 from engine.commands.identities import run
 from engine.security import totp
 from engine.security.identities import Identities, Identity, Refusal
@@ -22,13 +23,15 @@ from engine.security.identities_store import IdentityStore
 from tests.unit.security.audit_support import KEY_TEXT
 
 PASSWORD = "correct horse battery staple"
+CALLER = CliCaller(Identity("tester", "admin", "password", kind="os"), "development profile")
 VARIABLES = ("ENGINE_AUDIT_KEY", "ENGINE_AUDIT_KEY_FILE", "ENGINE_AUDIT_DB", "ENGINE_IDENTITIES_DB")
 
 
 @pytest.fixture
 def routes(tmp_path: Path) -> Path:
     path = tmp_path / "routes.yaml"
-    path.write_text("store: sqlite:engine.db\n")
+    # Development: the commands run as the OS user (test_cli_roles.py tests credentials).
+    path.write_text("store: sqlite:engine.db\nsecurity: {profile: development}\n")
     return path
 
 
@@ -173,13 +176,16 @@ def test_the_password_prompt_asks_twice(tmp_path: Path, monkeypatch: pytest.Monk
     for name in ("ENGINE_AUDIT_KEY", "ENGINE_AUDIT_KEY_FILE"):
         monkeypatch.delenv(name, raising=False)
     db = tmp_path / "ids.db"
+    (tmp_path / "routes.yaml").write_text("security: {profile: development}\n")
     answers = iter([PASSWORD, PASSWORD + "typo"])
     monkeypatch.setattr("getpass.getpass", lambda prompt: next(answers))
     with pytest.raises(CommandError, match="do not match"):
-        run(_args(name="alice", role="viewer", identities_db=db), io.StringIO())
+        run(_args(name="alice", role="viewer", identities_db=db, config=tmp_path / "routes.yaml"),
+            CALLER, io.StringIO())
     answers = iter([PASSWORD, PASSWORD])
     out = io.StringIO()
-    assert run(_args(name="alice", role="viewer", identities_db=db), out) == 0
+    assert run(_args(name="alice", role="viewer", identities_db=db,
+                     config=tmp_path / "routes.yaml"), CALLER, out) == 0
     with IdentityStore(db) as store:
         assert isinstance(
             Identities(store).authenticate_password("alice", PASSWORD, None), Identity
