@@ -203,7 +203,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("users", "apikeys", "clients"):
         from engine.commands.identities import run as run_identities
 
-        return run_identities(args, args.caller)
+        return run_identities(args, args.caller, sys.stdout, sys.stdin)
     if args.command in ("login", "logout"):
         from engine.commands import credentials
         from engine.commands.identities import identities_path
@@ -211,7 +211,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         db = identities_path(args.config, args.identities_db)
         if args.command == "logout":
             return credentials.logout(db)
-        return credentials.login(db, args.user, args.password_stdin, sys.stdin, sys.stdout)
+        return credentials.login(args.config, db, args.user, args.password_stdin, sys.stdin,
+                                 sys.stdout)
     config_path: Path = args.config
     if args.command == "check":
         from engine.config import run_check

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from engine.commands.audit import cli_hook
 from engine.commands.common import CommandError
 from engine.config import ConfigError
 from engine.config.loader import security_profile
-from engine.security.audit import Actor
+from engine.security.audit import Actor, AuditEvent
 from engine.security.identities import Identities, Identity, IdentityError, Refusal
 from engine.security.identities_store import IdentityStore, IdentityStoreError
 from engine.security.permissions import CLI_COMMANDS, allowed
@@ -136,8 +137,11 @@ class _access:
         self.store.close()
 
 
-def login(identities_db: Path, user: str, from_stdin: bool, stdin: TextIO, out: TextIO) -> int:
-    """`engine login`: password (and TOTP code) → a session kept in the session file."""
+def login(
+    config: Path, identities_db: Path, user: str, from_stdin: bool, stdin: TextIO, out: TextIO
+) -> int:
+    """`engine login`: password (and TOTP code) → a session kept in the session file. Both
+    a login and a refused one are audited."""
     if from_stdin:
         password = stdin.readline().rstrip("\n")
         code = stdin.readline().strip() or None
@@ -149,6 +153,11 @@ def login(identities_db: Path, user: str, from_stdin: bool, stdin: TextIO, out: 
             found = access.login(user, password, code)
         except IdentityError as exc:
             raise CommandError(str(exc)) from exc
+    who = Identity(found.credential.partition(":")[2], "", "password") if isinstance(
+        found, Refusal) else Identity(user, found.token.role, "session")
+    audit = cli_hook(config, CliCaller(who, "login").actor)
+    query = {"reason": found.reason} if isinstance(found, Refusal) else None
+    audit(AuditEvent("E", "engine login", 4 if isinstance(found, Refusal) else 0, query=query))
     if isinstance(found, Refusal):
         raise CommandError(f"login: {found.public}")
     path = session_file(identities_db)
