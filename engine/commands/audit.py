@@ -7,10 +7,11 @@ $ENGINE_AUDIT_KEY (the key itself); never the key's value as an argument, which 
 the process list and the shell history.
 
 The rule for `messages`, `show`, `replay` and `retry`: with a key configured, each writes one
-record: `messages` and `show` before they print anything, so a failure to record stops them
-with nothing shown; `replay` and `retry` once they have acted, with the outcome. With no key
-configured at all they still work, and say on stderr that the action was not audited; a key
-that is configured but unusable is an error.
+record (watched for bursts and out-of-hours reads per routes.yaml's `security.alerts`, see
+engine.security.watch): `messages` and `show` before they print anything, so a failure to
+record stops them with nothing shown; `replay` and `retry` once they have acted, with the
+outcome. With no key configured at all they still work, and say on stderr that the action
+was not audited; a key that is configured but unusable is an error.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from engine.commands.common import CommandError, store_url
+from engine.commands.common import CommandError, routes_security, store_url
 from engine.commands.inspect import parse_time
 from engine.commands.output import dump_json, table, when
 from engine.security.audit import (
@@ -38,6 +39,7 @@ from engine.security.audit import (
     AuditRecord,
 )
 from engine.security.audit_store import AuditStore, default_path
+from engine.security.watch import AccessWatch, WatchPolicy
 
 CLI_AGENT = "engine-cli"
 DB_ENV = "ENGINE_AUDIT_DB"
@@ -238,10 +240,11 @@ def cli_hook(
         raise CommandError(str(exc)) from exc
     path = audit_path(config, store, env)
     actor = Actor(who=cli_user(), address="cli", user_agent=CLI_AGENT)
+    watch = AccessWatch(WatchPolicy.of(routes_security(config).alerts))
 
     def record(event: AuditEvent) -> None:
         try:
-            with AuditStore(path, key) as trail:
+            with AuditStore(path, key, watch=watch) as trail:
                 trail.append(actor, event)
         except AuditError as exc:
             # `messages` and `show` record before printing, so they stop with nothing shown.

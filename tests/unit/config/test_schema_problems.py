@@ -28,7 +28,7 @@ def test_unknown_top_level_key_in_routes(cfg: ConfigDir) -> None:
     cfg.routes(cfg.routes_file.read_text() + "listener: {}\n")
     assert cfg.problems() == [
         "routes.yaml:9:1: unknown key 'listener' "
-        "(expected one of: store, timezone, listeners, routes)",
+        "(expected one of: store, security, timezone, listeners, routes)",
     ]
 
 
