@@ -27,6 +27,7 @@ from engine.runtime.fhir_intake import FhirIntake
 from engine.runtime.instance_lock import InstanceLock
 from engine.runtime.intake import Intake
 from engine.runtime.sync_failed import SyncFailedEvents
+from engine.security.alert_webhook import AlertDelivery
 from engine.store import open_store
 from engine.store.base import Store
 
@@ -79,6 +80,7 @@ class Engine:
         }
         self._stopped = asyncio.Event()
         self._lock = InstanceLock.for_store(config.store)
+        self.alerts = AlertDelivery(config.security)  # to the alert webhook, when configured
 
     async def start(self) -> None:
         if self._lock is not None:
@@ -89,6 +91,7 @@ class Engine:
             self._release_lock()
             raise
         try:
+            await self.alerts.start()
             await self.dispatcher.start()
             for listener in self.listeners.values():
                 await listener.start()
@@ -104,6 +107,7 @@ class Engine:
             await listener.stop()
         await self.dispatcher.stop()
         await self.store.close()
+        await self.alerts.stop()
         self._release_lock()
         self._stopped.set()
 
