@@ -17,13 +17,17 @@ import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine.commands.audit import add_parser as add_audit_parser
-from engine.commands.common import CommandError, fail, load_config, open_for
+from engine.commands.common import CommandError, fail, load_config, open_for, routes_security
 from engine.commands.credentials import CliCaller
 from engine.commands.identities import add_parsers as add_identity_parsers
 from engine.commands.inspect import add_filters
+
+if TYPE_CHECKING:
+    from engine.config.model import EngineConfig
+    from engine.security.audit import AuditHook
 
 T = TypeVar("T")
 
@@ -293,11 +297,19 @@ def _ignore(line: str) -> None:
 
 
 async def _store_command(args: argparse.Namespace) -> int:
-    from engine.commands import inspect, operate
     from engine.commands.audit import cli_hook
+    from engine.security.alert_webhook import delivering
 
     config = load_config(args.config) if args.command == "replay" else None
     audit = cli_hook(args.config, args.caller.actor, getattr(args, "store", None))
+    # A burst or out-of-hours read seen by the audit hook goes to the alert webhook too.
+    async with delivering(routes_security(args.config)):
+        return await _on_store(args, config, audit)
+
+
+async def _on_store(args: argparse.Namespace, config: EngineConfig | None, audit: AuditHook) -> int:
+    from engine.commands import inspect, operate
+
     store = await open_for(args.config, getattr(args, "store", None))
     try:
         if args.command == "messages":

@@ -7,10 +7,11 @@ $ENGINE_AUDIT_KEY (the key itself); never the key's value as an argument, which 
 the process list and the shell history.
 
 The rule for `messages`, `show`, `replay` and `retry`: with a key configured, each writes one
-record: `messages` and `show` before they print anything, so a failure to record stops them
-with nothing shown; `replay` and `retry` once they have acted, with the outcome. With no key
-configured at all they still work, and say on stderr that the action was not audited; a key
-that is configured but unusable is an error.
+record (watched for bursts and out-of-hours reads per routes.yaml's `security.alerts`, see
+engine.security.watch): `messages` and `show` before they print anything, so a failure to
+record stops them with nothing shown; `replay` and `retry` once they have acted, with the
+outcome. With no key configured at all they still work, and say on stderr that the action
+was not audited; a key that is configured but unusable is an error.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from engine.commands.common import CommandError, store_url
+from engine.commands.common import CommandError, routes_security, store_url
 from engine.commands.inspect import parse_time
 from engine.commands.output import dump_json, table, when
 from engine.config import ConfigError
@@ -40,6 +41,7 @@ from engine.security.audit import (
 )
 from engine.security.audit_store import AuditStore
 from engine.security.locations import ENV, LocationError, security_file
+from engine.security.watch import AccessWatch, WatchPolicy
 
 DB_ENV = ENV["audit"]
 
@@ -237,10 +239,11 @@ def cli_hook(
     except AuditKeyError as exc:
         raise CommandError(str(exc)) from exc
     path = audit_path(config, store, env)
+    watch = AccessWatch(WatchPolicy.of(routes_security(config).alerts))
 
     def record(event: AuditEvent) -> None:
         try:
-            with AuditStore(path, key) as trail:
+            with AuditStore(path, key, watch=watch) as trail:
                 trail.append(actor, event)
         except AuditError as exc:
             # `messages` and `show` record before printing, so they stop with nothing shown.

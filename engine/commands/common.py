@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engine.config import ConfigError, load
 from engine.config import store_url as config_store_url
-from engine.config.model import EngineConfig
+from engine.config.model import EngineConfig, SecurityConfig
 from engine.store import open_store
 from engine.store.base import Store
 
@@ -41,6 +41,19 @@ def store_url(routes: Path) -> str:
         return config_store_url(routes)
     except ConfigError as exc:
         raise CommandError(f"cannot read the store setting:\n{exc}") from exc
+
+
+def routes_security(routes: Path) -> SecurityConfig:
+    """routes.yaml's `security:` settings, read without the channels (as `store_url`); the
+    defaults when there is no routes.yaml (a command given its files some other way)."""
+    from engine.config.security import routes_security as read
+
+    if not routes.exists():
+        return SecurityConfig()
+    try:
+        return read(routes)
+    except ConfigError as exc:
+        raise CommandError(f"configuration is not valid:\n{exc}") from exc
 
 
 async def open_for(routes: Path, store: str | None = None) -> Store:

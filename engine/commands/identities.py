@@ -31,13 +31,13 @@ from typing import Any, TextIO
 
 from engine.commands import clients
 from engine.commands.audit import cli_hook
-from engine.commands.common import CommandError, store_url
+from engine.commands.common import CommandError, routes_security, store_url
 from engine.commands.credentials import CliCaller
 from engine.commands.output import dump_json, table, when
 from engine.config.units import parse_duration
 from engine.security import totp
 from engine.security.audit import Action, AuditEvent
-from engine.security.identities import Identities, IdentityError
+from engine.security.identities import Identities, IdentityError, LockoutPolicy
 from engine.security.identities_store import (
     ROLES,
     ApiKey,
@@ -119,9 +119,10 @@ def run(
     verb = f"engine {args.command} {args.identity_command}"
     # Resolved before anything changes, so a bad audit key stops the command early.
     audit = cli_hook(args.config, caller.actor) if args.identity_command != "list" else None
+    lockout = LockoutPolicy.of(routes_security(args.config).lockout)
     try:
         with IdentityStore(path) as store:
-            ids = Identities(store, now)
+            ids = Identities(store, now, lockout)
             if args.command == "users":
                 action, query = _users(ids, args, out, stdin)
             elif args.command == "clients":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -31,6 +30,8 @@ from engine.config.model import (
 )
 from engine.config.registry import Plugin
 from engine.config.schema import CHANNEL, LISTENER, NAME_PATTERN, ROUTES, TABLE
+from engine.config.security import security_config
+from engine.config.security import timezone as read_timezone
 from engine.config.yaml_nodes import Doc
 
 DEFAULT_STORE = "sqlite:data/engine.db"
@@ -87,9 +88,9 @@ class _Loading:
             if channel is not None:
                 channels[name] = channel
         semantic.unique_destinations(named, self.problems)
-        security = self._security(routes_doc)
-        store, listeners, routes = self._routes(routes_doc, set(channel_files), security)
         timezone = self._timezone(routes_doc)
+        security = self._security(routes_doc, timezone)
+        store, listeners, routes = self._routes(routes_doc, set(channel_files), security)
         if self.problems:
             raise ConfigError(list(dict.fromkeys(self.problems)))
         return EngineConfig(
@@ -104,26 +105,11 @@ class _Loading:
             security=security,
         )
 
-    def _security(self, doc: Doc | None) -> SecurityConfig:
-        """`security:` of routes.yaml (the routes schema checked its shape)."""
-        spec = _mapping(doc.data if doc is not None else None).get("security")
-        if not isinstance(spec, dict):
-            return SecurityConfig()
-        return SecurityConfig(profile=spec.get("profile", "production"))
+    def _security(self, doc: Doc | None, zone: str) -> SecurityConfig:
+        return security_config(doc, self.root, zone, self.problems)
 
     def _timezone(self, doc: Doc | None) -> str:
-        """`timezone:` of routes.yaml, checked against the zone database."""
-        name = _mapping(doc.data if doc is not None else None).get("timezone", "UTC")
-        if not isinstance(name, str):
-            return "UTC"  # the schema reported it
-        try:
-            zoneinfo.ZoneInfo(name)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            assert doc is not None
-            self._problem(doc.at(("timezone",)), f"unknown time zone {name!r}: expected an "
-                          "IANA name like Europe/Berlin")
-            return "UTC"
-        return name
+        return read_timezone(doc, self.problems)
 
     def _files(self, folder: Path, kind: str) -> dict[str, Path]:
         """`<stem> -> file` for the folder's .yaml files, sorted by name."""

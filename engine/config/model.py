@@ -210,12 +210,63 @@ class Table:
 
 
 @dataclass(frozen=True)
+class LockoutConfig:
+    """`security.lockout`: `failures` refusals of one credential within `window` seconds lock
+    it for `lock_for` seconds (engine.security.identities.LockoutPolicy)."""
+
+    failures: int = 5
+    window: float = 15 * 60.0
+    lock_for: float = 15 * 60.0
+
+
+@dataclass(frozen=True)
+class AlertWebhook:
+    """`security.alerts.webhook`: where alerts are POSTed, signed with `secret` (whsec_...)."""
+
+    url: str
+    secret: str
+    tls: ClientTls | None = None
+
+
+@dataclass(frozen=True)
+class BurstWatch:
+    """`security.alerts.burst`: more than `reads` PHI reads or searches by one identity within
+    `within` seconds raise one alert."""
+
+    reads: int = 50
+    within: float = 30.0
+
+
+@dataclass(frozen=True)
+class AccessHours:
+    """`security.alerts.hours`: PHI access is expected from `start` to `end` (minutes after
+    midnight; `end` <= `start` spans midnight) on `days` (0 = Monday), in `timezone`."""
+
+    start: int
+    end: int
+    days: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6)
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """`security.alerts`: the burst watch is on by default; hours and the webhook only when
+    written."""
+
+    webhook: AlertWebhook | None = None
+    burst: BurstWatch = field(default_factory=BurstWatch)
+    hours: AccessHours | None = None
+
+
+@dataclass(frozen=True)
 class SecurityConfig:
     """`security:` of routes.yaml. `profile: production` (the default) turns every control on
     and makes `engine run` refuse to start without what they need (keys, authentication);
     `development` relaxes that for trying the engine on one machine, and says so at start."""
 
     profile: Profile = "production"
+    lockout: LockoutConfig = field(default_factory=LockoutConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     @property
     def production(self) -> bool:

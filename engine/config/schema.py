@@ -162,16 +162,82 @@ LISTENER = _closed(
 )
 
 # `security:` of routes.yaml (engine.config.model.SecurityConfig).
+_CLOCK_TIME: dict[str, Any] = {
+    "type": "string",
+    "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$",
+    "x-expected": "a time of day as HH:MM, like 07:00",
+}
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+LOCKOUT = _closed(
+    {
+        "failures": {
+            "type": "integer",
+            "minimum": 1,
+            "x-expected": "a number of failed attempts, at least 1",
+        },
+        "window": _POSITIVE_DURATION,
+        "lock_for": _POSITIVE_DURATION,
+    }
+)
+ALERT_WEBHOOK = _closed(
+    {
+        "url": {
+            "type": "string",
+            "pattern": "^[Hh][Tt][Tt][Pp][Ss]://[^/?#]",
+            "x-expected": "an https:// URL (alerts leave the host only over TLS)",
+        },
+        "secret": {
+            "type": "string",
+            "minLength": 1,
+            "x-expected": "a webhook secret whsec_<base64>, from ${NAME}",
+        },
+        "tls": CLIENT_TLS,
+    },
+    required=["url", "secret"],
+)
+ALERTS = _closed(
+    {
+        "webhook": ALERT_WEBHOOK,
+        "burst": _closed(
+            {
+                "reads": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "x-expected": "a number of reads, at least 1",
+                },
+                "within": _POSITIVE_DURATION,
+            }
+        ),
+        "hours": _closed(
+            {
+                "from": _CLOCK_TIME,
+                "to": _CLOCK_TIME,
+                "days": {
+                    "type": "array",
+                    "minItems": 1,
+                    "uniqueItems": True,
+                    "items": {"enum": list(WEEKDAYS)},
+                    "x-expected": "a list of days like [mon, tue, wed, thu, fri]",
+                },
+            },
+            required=["from", "to"],
+        ),
+    }
+)
 SECURITY = _closed(
     {
         "profile": {"enum": ["production", "development"]},
+        "lockout": LOCKOUT,
+        "alerts": ALERTS,
     }
 )
 
 ROUTES = _closed(
     {
         "store": {"type": "string", "minLength": 1},
-        "security": SECURITY,
+        # Checked against SECURITY on its own (engine.config.security), so the commands
+        # that read only routes.yaml's security settings report the same problems.
+        "security": {"type": "object", "x-expected": "a mapping like {profile: production}"},
         "timezone": {
             "type": "string",
             "minLength": 1,

@@ -51,10 +51,11 @@ from engine.destinations.options import (
     timeout_option,
     tls_option,
 )
+from engine.security.alerts import LOGGER, alert_extra
 from engine.security.tls import handshake_failed, refused
 from engine.webhooks import WebhookSecret, headers
 
-alerts = logging.getLogger("engine.alerts")
+alerts = logging.getLogger(LOGGER)
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_CONNECTIONS = 4
@@ -268,6 +269,7 @@ class WebhookDestination:
             "further deliveries are rejected until the configuration is reloaded",
             self.name,
             status,
+            extra=alert_extra("webhook_disabled", destination=self.name, status=status),
         )
 
 

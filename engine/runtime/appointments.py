@@ -46,6 +46,7 @@ from engine.pipeline.channel import ChannelOutcome, CompiledChannel
 from engine.pipeline.context import AppointmentContext, RunContext
 from engine.pipeline.errors import APPLICATION_ERROR
 from engine.runtime.processing import Decoded, run_channels
+from engine.security.alerts import LOGGER, alert_extra
 from engine.store.base import (
     AppointmentDisposition,
     AppointmentRow,
@@ -54,7 +55,7 @@ from engine.store.base import (
     Store,
 )
 
-alerts = logging.getLogger("engine.alerts")
+alerts = logging.getLogger(LOGGER)
 
 CONFLICT_STEP = "conflicts"
 # How many times a version is judged again when another process (a replay from the CLI)
@@ -120,7 +121,11 @@ class Judged:
         """One alert line per flagged version: kinds and the message id, no identifiers."""
         if self.assessment.warnings and not self.refused:
             kinds = ", ".join(sorted({w.kind for w in self.assessment.warnings}))
-            alerts.warning("ALERT appointment conflict flagged: message %d: %s", message_id, kinds)
+            alerts.warning(
+                "ALERT appointment conflict flagged: message %d: %s", message_id, kinds,
+                extra=alert_extra("appointment_conflict", message_id=message_id,
+                                  conflicts=kinds.split(", ")),
+            )  # fmt: skip
 
 
 def dump(resource: dict[str, Any]) -> bytes:

@@ -29,6 +29,7 @@ from engine.runtime.instance_lock import InstanceLock
 from engine.runtime.intake import Intake
 from engine.runtime.security import SecurityServices
 from engine.runtime.sync_failed import SyncFailedEvents
+from engine.security.alert_webhook import AlertDelivery
 from engine.store import open_store
 from engine.store.base import Store
 
@@ -83,6 +84,7 @@ class Engine:
         }
         self._stopped = asyncio.Event()
         self._lock = InstanceLock.for_store(config.store)
+        self.alerts = AlertDelivery(config.security)  # to the alert webhook, when configured
 
     def _auth(self, cfg: ListenerConfig) -> HttpAuth:
         assert cfg.http is not None
@@ -99,6 +101,7 @@ class Engine:
             self._release_lock()
             raise
         try:
+            await self.alerts.start()
             await self.dispatcher.start()
             for listener in self.listeners.values():
                 await listener.start()
@@ -116,6 +119,7 @@ class Engine:
             await listener.stop()
         await self.dispatcher.stop()
         await self.store.close()
+        await self.alerts.stop()
         self.security.close()
         self._release_lock()
         self._stopped.set()

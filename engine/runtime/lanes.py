@@ -24,10 +24,11 @@ from engine.config.model import DestinationConfig
 from engine.destinations.base import DeliveryMeta, Destination, Outcome, Reject, Retry, Sent
 from engine.runtime.backoff import delay, exhausted
 from engine.runtime.clock import Clock
+from engine.security.alerts import LOGGER, alert_extra
 from engine.store.base import Attempt, AttemptOutcome, Store
 
 log = logging.getLogger("engine.delivery")
-alerts = logging.getLogger("engine.alerts")
+alerts = logging.getLogger(LOGGER)
 
 
 @dataclass
@@ -220,7 +221,9 @@ class DestinationRunner:
             item.message_id,
             item.channel,
             reason,
-        )
+            extra=alert_extra("delivery_failed", destination=self.name, delivery_id=item.id,
+                              message_id=item.message_id, channel=item.channel, reason=reason),
+        )  # fmt: skip
 
     async def stop(self, grace: float = STOP_GRACE) -> None:
         """Stop sending: retry waits end at once, sends in flight get `grace` seconds to get

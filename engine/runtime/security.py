@@ -22,6 +22,7 @@ from engine.security.identities import Identities, LockoutPolicy
 from engine.security.identities_store import IdentityStore
 from engine.security.locations import LocationError, security_file
 from engine.security.tokens import Access
+from engine.security.watch import AccessWatch, WatchPolicy
 
 log = logging.getLogger("engine")
 
@@ -65,11 +66,15 @@ class SecurityServices:
         if identities is None and needs_identities(config):
             store = IdentityStore(security_file(config.store, "identities", env))
             self._owned.append(store)
-            identities = Identities(store, lockout=lockout)
+            identities = Identities(
+                store, lockout=lockout or LockoutPolicy.of(config.security.lockout)
+            )
         self.access = Access(identities) if identities is not None else None
         if audit is None and AuditKey.configured(env):
+            # Every read it records is watched for bursts and out-of-hours access.
+            watch = AccessWatch(WatchPolicy.of(config.security.alerts))
             audit = AuditLog(AuditStore(security_file(config.store, "audit", env),
-                                        AuditKey.load(None, env)))  # fmt: skip
+                                        AuditKey.load(None, env), watch=watch))  # fmt: skip
             self._owned.append(audit)
         self.audit_log = audit
         # Said once the engine has started (a failed start should say only why it failed).

@@ -172,6 +172,19 @@ class AuditRecord:
 
 AuditHook = Callable[[AuditEvent], None]  # how a command records what it did, as whoever runs it
 
+SEARCH_COMMANDS = frozenset({"engine messages"})
+
+
+def is_access(action: str, what: str) -> bool:
+    """Whether a record is a PHI read or search (what the access watch counts): every `R`,
+    and an `E` that is a search (BALP records a query as an execute): `engine messages`, a
+    `GET` endpoint (a GET changes nothing, so its execute is a search) or a `.../_search`."""
+    if action == "R":
+        return True
+    return action == "E" and (
+        what in SEARCH_COMMANDS or what.startswith("GET ") or what.endswith("/_search")
+    )
+
 
 def canonical(value: Any) -> bytes:
     """One byte string per value: sorted keys, no spaces, UTF-8."""

@@ -6,16 +6,23 @@ and inserts its successor inside one `BEGIN IMMEDIATE` transaction (another conn
 process waits for the lock, so the chain cannot fork); every append is fsynced before it
 returns (WAL, synchronous=FULL). Nothing here prunes: message-store pruning never reaches this
 file, and records stay for as long as the file is kept (six years at least, by policy).
+
+A `watch` (engine.security.watch) is called with each record once it is committed, outside
+the store's lock; it queries the store through `count_accesses` / `previous_access` /
+`access_times` (PHI reads and searches per `is_access`, over the `(who, recorded)` index), so
+it sees the records of every process. Whatever the watch does, the append has succeeded: its
+failure is logged, never raised.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,7 @@ from engine.security.audit import (
     Verification,
     canonical,
     chain_hash,
+    is_access,
     verify_chain,
 )
 from engine.security.private_db import open_private_db
@@ -69,18 +77,35 @@ _COLUMNS = (
 )
 
 
+log = logging.getLogger("engine.audit")
+
+# What is told of each committed record (engine.security.watch.AccessWatch).
+Watch = Callable[["AuditStore", AuditRecord], None]
+_ACCESS = "who = ? AND is_access(action, what)"
+
+
 class AuditStore:
     """One audit file. Thread-safe: appends from several threads share one lock, and appends
     from other connections or processes are serialised by SQLite's write lock."""
 
-    def __init__(self, path: Path, key: AuditKey, *, busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        key: AuditKey,
+        *,
+        busy_timeout: float = 30.0,
+        watch: Watch | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
         self.path = path
         self.key = key
+        self.watch = watch
+        self.now = now
         self._lock = threading.Lock()
         self._conn = self._open(busy_timeout)
 
     def _open(self, busy_timeout: float) -> sqlite3.Connection:
-        return open_private_db(
+        conn = open_private_db(
             self.path,
             schema=_SCHEMA,
             version=SCHEMA_VERSION,
@@ -88,6 +113,8 @@ class AuditStore:
             error=AuditError,
             busy_timeout=busy_timeout,
         )
+        conn.create_function("is_access", 2, is_access, deterministic=True)
+        return conn
 
     def close(self) -> None:
         with self._lock:
@@ -102,7 +129,7 @@ class AuditStore:
     def append(self, actor: Actor, event: AuditEvent, recorded: float | None = None) -> AuditRecord:
         """Chain and store one record; it is on disk when this returns."""
         event.check()
-        when = round(time.time() if recorded is None else recorded, 6)
+        when = round(self.now() if recorded is None else recorded, 6)
         with self._lock:
             conn = self._conn
             try:
@@ -134,7 +161,46 @@ class AuditStore:
                     raise
             except sqlite3.Error as exc:
                 raise AuditError(f"cannot write to the audit trail {self.path}: {exc}") from exc
+        if self.watch is not None:
+            try:
+                self.watch(self, record)
+            except Exception as exc:  # the audited action went through; the watch must not
+                log.error(
+                    "access watch failed on audit record %d: %s", record.seq, type(exc).__name__
+                )
         return record
+
+    def count_accesses(self, who: str, after: float, through_seq: int) -> int:
+        """PHI reads and searches by `who` recorded after `after`, up to record `through_seq`."""
+        row = self._query(
+            f"SELECT COUNT(*) FROM audit_events WHERE {_ACCESS} AND recorded > ? AND seq <= ?",
+            (who, after, through_seq),
+        )
+        return int(row[0][0])
+
+    def previous_access(self, who: str, before_seq: int) -> tuple[int, float] | None:
+        """The sequence number and time of `who`'s last PHI read or search before a record."""
+        rows = self._query(
+            f"SELECT seq, recorded FROM audit_events WHERE {_ACCESS} AND seq < ? "
+            "ORDER BY recorded DESC, seq DESC LIMIT 1",
+            (who, before_seq),
+        )
+        return (int(rows[0][0]), float(rows[0][1])) if rows else None
+
+    def access_times(self, who: str, after: float, before_seq: int) -> list[float]:
+        """When `who` read or searched PHI after `after`, before record `before_seq`."""
+        rows = self._query(
+            f"SELECT recorded FROM audit_events WHERE {_ACCESS} AND recorded > ? AND seq < ?",
+            (who, after, before_seq),
+        )
+        return [float(r[0]) for r in rows]
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise AuditError(f"cannot read the audit trail {self.path}: {exc}") from exc
 
     def records(self) -> Iterator[AuditRecord]:
         """Every record, oldest first, read in one snapshot."""

@@ -42,10 +42,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from engine.config.model import LockoutConfig
 from engine.security import totp
+from engine.security.alerts import LOGGER, alert_extra
 from engine.security.identities_store import ROLES, ApiKey, IdentityStore, Lock, User
 
-alerts = logging.getLogger("engine.alerts")
+alerts = logging.getLogger(LOGGER)
 
 SCRYPT_N = 2**15
 SCRYPT_R = 8
@@ -95,6 +97,11 @@ class LockoutPolicy:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise IdentityError(f"lockout {name} must be a positive number of seconds")
+
+    @classmethod
+    def of(cls, config: LockoutConfig) -> LockoutPolicy:
+        """The policy routes.yaml's `security.lockout` asks for."""
+        return cls(config.failures, config.window, config.lock_for)
 
 
 @dataclass(frozen=True)
@@ -375,6 +382,8 @@ class Identities:
             alerts.warning(
                 "ALERT credential locked: %s after %d failed attempts in %s",
                 credential, lock.failures, _span(policy.window),
+                extra=alert_extra("credential_locked", credential=credential,
+                                  failures=lock.failures, window=policy.window),
             )  # fmt: skip
         return Refusal(reason, credential)
 
