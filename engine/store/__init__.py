@@ -7,13 +7,15 @@ error never echoes the URL itself (it may carry credentials).
 
 from __future__ import annotations
 
+from engine.security.atrest import KeyRing, RowSealer
 from engine.store.base import Store
 
 SUPPORTED_SCHEMES = ("sqlite",)
 
 
-def open_store(url: str) -> Store:
-    """`sqlite:PATH` (relative or absolute; `sqlite:///abs/path.db` is accepted too)."""
+def open_store(url: str, keys: KeyRing | None = None) -> Store:
+    """`sqlite:PATH` (relative or absolute; `sqlite:///abs/path.db` is accepted too). With
+    `keys`, PHI-carrying values are sealed at rest (engine.security.atrest)."""
     scheme, sep, rest = url.partition(":")
     if not sep or scheme.lower() not in SUPPORTED_SCHEMES:
         shown = scheme.lower() if sep else "(none)"
@@ -26,4 +28,4 @@ def open_store(url: str) -> Store:
         raise ValueError("sqlite store URL needs a file path, e.g. sqlite:data/engine.db")
     from engine.store.sqlite import SqliteStore  # only the chosen backend is imported
 
-    return SqliteStore(path)
+    return SqliteStore(path, sealer=RowSealer(keys))

@@ -7,6 +7,10 @@ once per message, is one indexed SELECT on a read connection of the event-loop t
 look at ingests still queued; searches and detail reads run on a small thread pool with a
 connection per thread, so a large table never stalls the loop.
 
+Encryption at rest: every connection carries the store's `RowSealer` (engine.security.atrest),
+and the write and read functions seal and open the PHI-carrying values with it, so callers see
+plain bytes. Opening refuses a file whose newest message is sealed with a key the ring lacks.
+
 Schema: `sqlite_schema`; write operations: `sqlite_writes`; reads: `sqlite_queries`;
 appointment state (numbering, history, the overlap lookup): `sqlite_appointments`.
 """
@@ -25,6 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from engine.security.atrest import CLEAR, RowSealer, not_configured, sealed_key_id
 from engine.store import sqlite_appointments as appointments
 from engine.store import sqlite_queries as queries
 from engine.store import sqlite_writes as writes
@@ -43,7 +48,13 @@ from engine.store.base import (
     NewMessage,
     StoreStats,
 )
-from engine.store.sqlite_schema import MIGRATIONS, Migration, connect, prepare
+from engine.store.sqlite_schema import (
+    MIGRATIONS,
+    Migration,
+    StoreSchemaError,
+    connect,
+    prepare,
+)
 from engine.store.sqlite_writer import GroupCommitWriter
 
 T = TypeVar("T")
@@ -73,8 +84,10 @@ class SqliteStore:
         busy_timeout: float = 5.0,
         read_threads: int = 2,
         migrations: Sequence[Migration] = MIGRATIONS,
+        sealer: RowSealer = CLEAR,
     ) -> None:
         self.path = Path(path)
+        self._sealer = sealer
         self._clock = clock
         self._max_batch = max_batch
         self._busy_timeout = busy_timeout
@@ -96,11 +109,17 @@ class SqliteStore:
             raise RuntimeError("store already open")
         loop = asyncio.get_running_loop()
         await asyncio.to_thread(prepare, self.path, self._migrations, self._busy_timeout)
-        write_conn = connect(self.path, check_same_thread=False, busy_timeout=self._busy_timeout)
+        await asyncio.to_thread(self._refuse_unknown_key)
+        write_conn = connect(
+            self.path, check_same_thread=False, busy_timeout=self._busy_timeout,
+            sealer=self._sealer,
+        )
         # The duplicate check runs on the event loop: it must never wait long for a lock (a
         # WAL reader can be kept waiting by another process's recovery or checkpoint). Past
         # this it fails, and intake answers "not stored, resend later".
-        self._hot_reader = connect(self.path, readonly=True, busy_timeout=HOT_READ_TIMEOUT)
+        self._hot_reader = connect(
+            self.path, readonly=True, busy_timeout=HOT_READ_TIMEOUT, sealer=self._sealer
+        )
         self._pool = ThreadPoolExecutor(
             max_workers=self._read_threads,
             thread_name_prefix="store-read",
@@ -114,6 +133,22 @@ class SqliteStore:
             batched=writes.BATCHED,
         )
         self._writer.start()
+
+    def _refuse_unknown_key(self) -> None:
+        """Fail at open, not at the first read, when the newest message is sealed with a key
+        the ring lacks (say, the engine started without its keys). Older rows under a key
+        since removed still fail clearly when read: `engine keys status` shows them."""
+        conn = connect(self.path, readonly=True, busy_timeout=self._busy_timeout)
+        try:
+            row = conn.execute(
+                "SELECT substr(raw, 1, 40) FROM messages ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+        finally:
+            conn.close()
+        key_id = sealed_key_id(row[0]) if row is not None else None
+        ring = self._sealer.ring
+        if key_id is not None and (ring is None or key_id not in ring.ids):
+            raise StoreSchemaError(f"{self.path}: {not_configured(key_id)}")
 
     async def close(self) -> None:
         writer, self._writer = self._writer, None
@@ -131,6 +166,11 @@ class SqliteStore:
         if self._hot_reader is not None:
             self._hot_reader.close()
             self._hot_reader = None
+
+    @property
+    def sealer(self) -> RowSealer:
+        """What the store seals values with (clear without keys)."""
+        return self._sealer
 
     @property
     def writer(self) -> GroupCommitWriter:
@@ -271,7 +311,8 @@ class SqliteStore:
 
     def _open_pool_conn(self) -> None:
         conn = connect(
-            self.path, readonly=True, check_same_thread=False, busy_timeout=self._busy_timeout
+            self.path, readonly=True, check_same_thread=False, busy_timeout=self._busy_timeout,
+            sealer=self._sealer,
         )
         self._local.conn = conn
         with self._pool_lock:

@@ -13,6 +13,9 @@ Rules kept:
 - `check` runs on the event loop before a write is queued, so bad input fails its own caller
   with a clear error instead of costing the whole group commit a rollback. Its texts name the
   field, never the value (keys and ids may be patient-linked).
+- A resource is sealed with the connection's sealer at its row: `appointments` by the
+  appointment's id (it keeps it for life), `appointment_versions` by the version row's id,
+  assigned here before the insert.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import secrets
 import sqlite3
 from typing import Any, Final, cast, get_args
 
+from engine.security.atrest import RowSealer
 from engine.store.base import (
     AppointmentDisposition,
     AppointmentRow,
@@ -31,6 +35,7 @@ from engine.store.base import (
     NewAppointmentVersion,
     StaleJudgement,
 )
+from engine.store.sqlite_schema import sealer_of
 
 _DISPOSITIONS: Final = frozenset(get_args(AppointmentDisposition))
 
@@ -56,8 +61,9 @@ _DELETE_ACTORS: Final = "DELETE FROM appointment_actors WHERE key = ?"
 _INSERT_ACTOR: Final = (
     'INSERT INTO appointment_actors (actor, key, start, "end") VALUES (?, ?, ?, ?)'
 )
-_INSERT_VERSION: Final = f"""INSERT INTO appointment_versions ({_VERSION_COLUMNS})
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+_NEXT_VERSION_ID: Final = "SELECT COALESCE(MAX(id), 0) + 1 FROM appointment_versions"
+_INSERT_VERSION: Final = f"""INSERT INTO appointment_versions (id, {_VERSION_COLUMNS})
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 # Half-open overlap: [s, e) and [start, end) overlap iff s < end and e > start.
 _OVERLAPPING: Final = f"""SELECT {APPOINTMENT_COLUMNS} FROM appointments WHERE key IN (
     SELECT key FROM appointment_actors
@@ -120,6 +126,7 @@ def record(
     """Record the version `message_id` carries (the message row exists already); returns the
     appointment's id and current version afterwards ((None, None): still unknown)."""
     row = cur.execute(_CURRENT, (v.key,)).fetchone()
+    seal = sealer_of(cur)
     number: int | None = None
     if v.disposition != "rejected" and v.base_version is not None \
             and v.base_version != (row[1] if row is not None else 0):
@@ -129,25 +136,30 @@ def record(
     elif row is None:
         ident, current = _first_id(cur), 1
         number = current
+        resource = seal.seal("appointments", "resource", ident, v.resource)
         cur.execute(
             _INSERT_APPOINTMENT,
-            (v.key, ident, v.resource, v.status, v.source_time, v.start, v.end, now, message_id),
+            (v.key, ident, resource, v.status, v.source_time, v.start, v.end, now, message_id),
         )
         _insert_actors(cur, v)
     else:
         ident, current = row[0], row[1] + 1
         number = current
+        resource = seal.seal("appointments", "resource", ident, v.resource)
         cur.execute(
             _UPDATE_APPOINTMENT,
-            (current, v.resource, v.status, v.source_time, v.start, v.end, now, message_id,
+            (current, resource, v.status, v.source_time, v.start, v.end, now, message_id,
              v.key),
         )
         cur.execute(_DELETE_ACTORS, (v.key,))
         _insert_actors(cur, v)
+    # Inside the writer's transaction no one else inserts: this is the id SQLite would pick.
+    (version_id,) = cur.execute(_NEXT_VERSION_ID).fetchone()
     cur.execute(
         _INSERT_VERSION,
-        (v.key, message_id, now, number, v.disposition, v.change, v.status, v.source_time,
-         v.resource, _warnings_json(v.warnings)),
+        (version_id, v.key, message_id, now, number, v.disposition, v.change, v.status,
+         v.source_time, seal.seal("appointment_versions", "resource", version_id, v.resource),
+         _warnings_json(v.warnings)),
     )
     return ident, current
 
@@ -181,14 +193,15 @@ def _warnings_json(warnings: tuple[AppointmentWarning, ...]) -> str | None:
 # --------------------------------------------------------------------------- reads
 
 
-def _appointment_from_row(r: Any) -> AppointmentRow:
+def _appointment_from_row(r: Any, seal: RowSealer) -> AppointmentRow:
     return AppointmentRow(
-        key=r[0], id=r[1], version=r[2], resource=r[3], status=r[4], source_time=r[5],
-        start=r[6], end=r[7], updated_at=r[8], message_id=r[9],
+        key=r[0], id=r[1], version=r[2],
+        resource=seal.open("appointments", "resource", r[1], r[3]), status=r[4],
+        source_time=r[5], start=r[6], end=r[7], updated_at=r[8], message_id=r[9],
     )
 
 
-def _version_from_row(r: Any) -> AppointmentVersionRow:
+def _version_from_row(r: Any, seal: RowSealer) -> AppointmentVersionRow:
     warnings = tuple(
         AppointmentWarning(kind=w["kind"], text=w["text"], related=tuple(w["related"]))
         for w in (json.loads(r[9]) if r[9] is not None else ())
@@ -196,7 +209,8 @@ def _version_from_row(r: Any) -> AppointmentVersionRow:
     return AppointmentVersionRow(
         key=r[0], message_id=r[1], recorded_at=r[2], version=r[3],
         disposition=cast(AppointmentDisposition, r[4]), change=r[5], status=r[6],
-        source_time=r[7], resource=r[8], warnings=warnings,
+        source_time=r[7], resource=seal.open("appointment_versions", "resource", r[10], r[8]),
+        warnings=warnings,
     )
 
 
@@ -204,14 +218,14 @@ def appointment(conn: sqlite3.Connection, key: str) -> AppointmentRow | None:
     rows = conn.execute(
         f"SELECT {APPOINTMENT_COLUMNS} FROM appointments WHERE key = ?", (key,)
     ).fetchall()
-    return _appointment_from_row(rows[0]) if rows else None
+    return _appointment_from_row(rows[0], sealer_of(conn)) if rows else None
 
 
 def appointment_by_id(conn: sqlite3.Connection, appointment_id: str) -> AppointmentRow | None:
     rows = conn.execute(
         f"SELECT {APPOINTMENT_COLUMNS} FROM appointments WHERE id = ?", (appointment_id,)
     ).fetchall()
-    return _appointment_from_row(rows[0]) if rows else None
+    return _appointment_from_row(rows[0], sealer_of(conn)) if rows else None
 
 
 def overlapping(
@@ -231,21 +245,23 @@ def overlapping(
     args = (json.dumps(list(actors)), start, end, exclude_key,
             json.dumps(sorted(exclude_statuses)), limit)
     rows = conn.execute(_OVERLAPPING, args).fetchall()
-    return [_appointment_from_row(r) for r in rows]
+    seal = sealer_of(conn)
+    return [_appointment_from_row(r, seal) for r in rows]
 
 
 def history(conn: sqlite3.Connection, key: str) -> list[AppointmentVersionRow]:
     """Every recorded version of `key`, in the order the store recorded them."""
     rows = conn.execute(
-        f"SELECT {_VERSION_COLUMNS} FROM appointment_versions WHERE key = ? ORDER BY id",
+        f"SELECT {_VERSION_COLUMNS}, id FROM appointment_versions WHERE key = ? ORDER BY id",
         (key,),
     ).fetchall()
-    return [_version_from_row(r) for r in rows]
+    seal = sealer_of(conn)
+    return [_version_from_row(r, seal) for r in rows]
 
 
 def version_of_message(conn: sqlite3.Connection, message_id: int) -> AppointmentVersionRow | None:
     rows = conn.execute(
-        f"SELECT {_VERSION_COLUMNS} FROM appointment_versions WHERE message_id = ?",
+        f"SELECT {_VERSION_COLUMNS}, id FROM appointment_versions WHERE message_id = ?",
         (message_id,),
     ).fetchall()
-    return _version_from_row(rows[0]) if rows else None
+    return _version_from_row(rows[0], sealer_of(conn)) if rows else None

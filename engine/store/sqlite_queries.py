@@ -3,7 +3,8 @@
 Rule: every function takes a connection it may use freely and only reads. Each statement's
 rows are fetched completely before returning, so no statement stays open and holds a WAL
 snapshot (which would hide later commits and block checkpoints). Values from the closed status
-sets are validated and inlined as literals so SQLite can pick the partial indexes.
+sets are validated and inlined as literals so SQLite can pick the partial indexes. Sealed
+values are opened with the connection's sealer (`sealer_of`), at the row they were read from.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Final, cast, get_args
 
+from engine.security.atrest import CLEAR, RowSealer
 from engine.store import sqlite_appointments as appointments
 from engine.store.base import (
     Attempt,
@@ -26,14 +28,20 @@ from engine.store.base import (
     MessageStatus,
     ResultStatus,
 )
+from engine.store.sqlite_schema import sealer_of
 
-# A NULL payload means "the channel result's output" (see sqlite_schema).
+# A NULL payload means "the channel result's output" (see sqlite_schema); the last column is
+# then that result's id, which a sealed output is bound to.
+_OUTPUT_OF: Final = (
+    "(SELECT c.{} FROM channel_results c"
+    " WHERE c.message_id = deliveries.message_id AND c.channel = deliveries.channel"
+    " ORDER BY c.id LIMIT 1)"
+)
 DELIVERY_COLUMNS: Final = (
     "id, message_id, channel, destination, lane, status, attempts, next_attempt_at,"
-    " COALESCE(payload, (SELECT c.output FROM channel_results c"
-    " WHERE c.message_id = deliveries.message_id AND c.channel = deliveries.channel"
-    " ORDER BY c.id LIMIT 1)),"
-    " created_at, updated_at, last_code, last_error, round_attempts"
+    f" COALESCE(payload, {_OUTPUT_OF.format('output')}),"
+    " created_at, updated_at, last_code, last_error, round_attempts,"
+    f" CASE WHEN payload IS NULL THEN {_OUTPUT_OF.format('id')} END"
 )
 _MESSAGE_COLUMNS: Final = (
     "id, received_at, listener, content_type, charset, sender, facility, control_id,"
@@ -44,8 +52,8 @@ _RESULT_COLUMNS: Final = (
     "id, message_id, channel, status, output, error, error_step, error_location"
 )
 _ATTEMPT_COLUMNS: Final = (
-    "a.delivery_id, a.number, a.started_at, a.latency, a.outcome, a.code, a.response, a.error,"
-    " a.next_attempt_at"
+    "a.id, a.delivery_id, a.number, a.started_at, a.latency, a.outcome, a.code, a.response,"
+    " a.error, a.next_attempt_at"
 )
 _MESSAGE_STATUSES: Final = frozenset(get_args(MessageStatus))
 _DELIVERY_STATUSES: Final = frozenset(get_args(DeliveryStatus))
@@ -61,19 +69,24 @@ def _split(joined: str) -> tuple[str, ...]:
     return tuple(joined.split(_SEPARATOR)) if joined else ()
 
 
-def delivery_from_row(r: Any) -> Delivery:
+def delivery_from_row(r: Any, seal: RowSealer) -> Delivery:
+    payload = (
+        seal.open("deliveries", "payload", r[0], r[8]) if r[14] is None
+        else seal.open("channel_results", "output", r[14], r[8])
+    )
     return Delivery(
         id=r[0], message_id=r[1], channel=r[2], destination=r[3], lane=r[4],
-        status=cast(DeliveryStatus, r[5]), attempts=r[6], next_attempt_at=r[7], payload=r[8],
+        status=cast(DeliveryStatus, r[5]), attempts=r[6], next_attempt_at=r[7], payload=payload,
         created_at=r[9], updated_at=r[10], last_code=r[11], last_error=r[12],
         round_attempts=r[13],
     )
 
 
-def _message_from_row(r: Any) -> MessageRow:
+def _message_from_row(r: Any, seal: RowSealer) -> MessageRow:
     keys = MessageKeys(
         sender=r[5], facility=r[6], control_id=r[7], message_type=r[8], version=r[9],
-        patient_ids=_split(r[10]), appointment_ids=_split(r[11]),
+        patient_ids=_split(seal.open_text("messages", "patient_ids", r[0], r[10])),
+        appointment_ids=_split(r[11]),
     )
     return MessageRow(
         id=r[0], received_at=r[1], listener=r[2], content_type=r[3], charset=r[4], keys=keys,
@@ -95,6 +108,7 @@ def find_duplicate(
     if not rows:
         return None
     message_id, received_at, ack = rows[0]
+    ack = sealer_of(conn).open("messages", "ack", message_id, ack)
     return DuplicateHit(message_id=message_id, received_at=received_at, ack=ack)
 
 
@@ -102,12 +116,14 @@ def search(conn: sqlite3.Connection, flt: MessageFilter) -> list[MessageRow]:
     """Newest (highest id) first; `before_id` pages; `until` is exclusive."""
     if flt.limit <= 0:
         return []
-    sql, params = search_sql(flt)
-    return [_message_from_row(r) for r in conn.execute(sql, params).fetchall()]
+    seal = sealer_of(conn)
+    sql, params = search_sql(flt, seal)
+    return [_message_from_row(r, seal) for r in conn.execute(sql, params).fetchall()]
 
 
-def search_sql(flt: MessageFilter) -> tuple[str, list[object]]:
-    """The statement `search` runs for `flt`, with its parameters."""
+def search_sql(flt: MessageFilter, seal: RowSealer = CLEAR) -> tuple[str, list[object]]:
+    """The statement `search` runs for `flt`, with its parameters. A patient id is looked up
+    as every form its entry may have (clear, or blind-indexed under each key)."""
     where: list[str] = []
     params: list[object] = []
     if flt.status is not None:
@@ -133,12 +149,19 @@ def search_sql(flt: MessageFilter) -> tuple[str, list[object]]:
     if flt.control_id is not None:
         where.append("control_id = ?")
         params.append(flt.control_id)
-    for kind, value in (("patient", flt.patient_id), ("appointment", flt.appointment_id)):
-        if value is not None:
-            where.append(
-                f"id IN (SELECT message_id FROM message_keys WHERE kind = '{kind}' AND value = ?)"
-            )
-            params.append(value)
+    if flt.patient_id is not None:
+        values = seal.search_values("patient", flt.patient_id)
+        marks = ", ".join("?" * len(values))
+        where.append(
+            "id IN (SELECT message_id FROM message_keys"
+            f" WHERE kind = 'patient' AND value IN ({marks}))"
+        )
+        params.extend(values)
+    if flt.appointment_id is not None:
+        where.append(
+            "id IN (SELECT message_id FROM message_keys WHERE kind = 'appointment' AND value = ?)"
+        )
+        params.append(flt.appointment_id)
     if flt.message_type is not None:
         where.append("message_type = ?")
         params.append(flt.message_type)
@@ -182,23 +205,26 @@ def get(conn: sqlite3.Connection, message_id: int) -> MessageDetail | None:
     finally:
         conn.execute("COMMIT")
     r = row[0]
+    seal = sealer_of(conn)
     return MessageDetail(
-        message=_message_from_row(r),
-        raw=r[18],
-        ack=r[19],
+        message=_message_from_row(r, seal),
+        raw=seal.open("messages", "raw", message_id, r[18]),
+        ack=seal.open("messages", "ack", message_id, r[19]),
         results=tuple(
             ChannelResultRow(
                 id=x[0], message_id=x[1], channel=x[2], status=cast(ResultStatus, x[3]),
-                output=x[4], error=x[5], error_step=x[6], error_location=x[7],
+                output=seal.open("channel_results", "output", x[0], x[4]), error=x[5],
+                error_step=x[6], error_location=x[7],
             )
             for x in results
         ),
-        deliveries=tuple(delivery_from_row(d) for d in deliveries),
+        deliveries=tuple(delivery_from_row(d, seal) for d in deliveries),
         attempts=tuple(
             Attempt(
-                delivery_id=a[0], number=a[1], started_at=a[2], latency=a[3],
-                outcome=cast(AttemptOutcome, a[4]), code=a[5], response=a[6], error=a[7],
-                next_attempt_at=a[8],
+                delivery_id=a[1], number=a[2], started_at=a[3], latency=a[4],
+                outcome=cast(AttemptOutcome, a[5]), code=a[6],
+                response=seal.open("attempts", "response", a[0], a[7]), error=a[8],
+                next_attempt_at=a[9],
             )
             for a in attempts
         ),
@@ -223,4 +249,5 @@ def deliveries(
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     sql = f"SELECT {DELIVERY_COLUMNS} FROM deliveries {clause} ORDER BY id LIMIT ?"
     params.append(limit)
-    return [delivery_from_row(r) for r in conn.execute(sql, params).fetchall()]
+    seal = sealer_of(conn)
+    return [delivery_from_row(r, seal) for r in conn.execute(sql, params).fetchall()]

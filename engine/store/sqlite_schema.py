@@ -14,6 +14,8 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
+from engine.security.atrest import CLEAR, RowSealer
+
 Migration = tuple[str, ...]
 
 # Version 1. Bodies are BLOBs so that at-rest encryption can wrap them later without a type
@@ -165,13 +167,28 @@ class StoreSchemaError(RuntimeError):
     """The database cannot be used by this engine (too new, or not a usable SQLite file)."""
 
 
+class StoreConnection(sqlite3.Connection):
+    """A store connection and the `RowSealer` its reads and writes seal and open values with
+    (engine.security.atrest): the store's functions all take the connection, so the keys
+    travel with it instead of through every signature."""
+
+    sealer: RowSealer = CLEAR
+
+
+def sealer_of(conn: sqlite3.Connection | sqlite3.Cursor) -> RowSealer:
+    """The sealer of `conn` (or of a cursor's connection); clear for a plain connection."""
+    owner = conn.connection if isinstance(conn, sqlite3.Cursor) else conn
+    return owner.sealer if isinstance(owner, StoreConnection) else CLEAR
+
+
 def connect(
     path: str | os.PathLike[str],
     *,
     readonly: bool = False,
     check_same_thread: bool = True,
     busy_timeout: float = 5.0,
-) -> sqlite3.Connection:
+    sealer: RowSealer = CLEAR,
+) -> StoreConnection:
     """A connection with the store's settings. Autocommit mode (isolation_level None): every
     transaction is explicit, and a reader never holds a snapshot between statements."""
     conn = sqlite3.connect(
@@ -180,7 +197,9 @@ def connect(
         isolation_level=None,
         check_same_thread=check_same_thread,
         cached_statements=256,
+        factory=StoreConnection,
     )
+    conn.sealer = sealer
     try:
         conn.execute("PRAGMA foreign_keys = ON")
         # FULL: the WAL is fsynced at every commit: an acknowledged message survives power loss.

@@ -3,7 +3,9 @@
 Rule: each function is `op(conn, arg) -> result`, runs inside a transaction the writer opened
 and touches nothing but that connection (a failed batch is re-run op by op, so an op must be
 safe to run twice). Times come in `arg` (taken on the event loop from the store's clock), never
-from the writer thread, so a fake clock controls them.
+from the writer thread, so a fake clock controls them. Values carrying PHI are sealed here with
+the connection's sealer (`sealer_of`), bound to their row: so every row whose value is sealed
+gets its id assigned here, before the insert.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from engine.store.base import (
     NewDelivery,
 )
 from engine.store.sqlite_queries import DELIVERY_COLUMNS, delivery_from_row
+from engine.store.sqlite_schema import sealer_of
 
 KEY_SEPARATOR: Final = "\x1f"  # ASCII unit separator: cannot occur in an HL7 or FHIR id
 
@@ -30,15 +33,15 @@ _INSERT_MESSAGE: Final = """INSERT INTO messages (id, received_at, listener,
     patient_ids, appointment_ids, status, ack_code, ack, error, replay_of, duplicate_of)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 _INSERT_KEY: Final = "INSERT OR IGNORE INTO message_keys (kind, value, message_id) VALUES (?, ?, ?)"
-_INSERT_RESULT: Final = """INSERT INTO channel_results (message_id, channel, status, output,
-    error, error_step, error_location) VALUES (?, ?, ?, ?, ?, ?, ?)"""
+_INSERT_RESULT: Final = """INSERT INTO channel_results (id, message_id, channel, status, output,
+    error, error_step, error_location) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
 _INSERT_DELIVERY: Final = """INSERT INTO deliveries (id, message_id, channel,
     destination, lane, status, claimed, next_attempt_at, payload, created_at, updated_at)
     VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"""
-_CHANNEL_OUTPUTS: Final = """SELECT channel, output FROM channel_results
+_CHANNEL_OUTPUTS: Final = """SELECT channel, output, id FROM channel_results
     WHERE message_id = ? AND channel IN (SELECT value FROM json_each(?)) ORDER BY id"""
-_INSERT_ATTEMPT: Final = """INSERT INTO attempts (delivery_id, number, started_at, latency,
-    outcome, code, response, error, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+_INSERT_ATTEMPT: Final = """INSERT INTO attempts (id, delivery_id, number, started_at, latency,
+    outcome, code, response, error, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 # A delivery discarded while its attempt was in flight stays discarded unless the attempt
 # actually delivered it: the record must say what happened at the other side.
 _UPDATE_AFTER_ATTEMPT: Final = """UPDATE deliveries SET
@@ -97,10 +100,12 @@ def ingest_many(conn: sqlite3.Connection, args: list[tuple[Ingest, float]]) -> l
     holds it most of the time, so a statement per row makes the writer wait between rows. A
     batch costs a handful of statements instead of several per message."""
     cur = conn.cursor()
+    seal = sealer_of(conn)
     message_id = _next_id(cur, "messages")
     delivery_id = _next_id(cur, "deliveries")
+    result_id = _next_id(cur, "channel_results")
     messages: list[tuple[object, ...]] = []
-    keys: list[tuple[str, str, int]] = []
+    keys: list[tuple[str, str | bytes, int]] = []
     results: list[tuple[object, ...]] = []
     deliveries: list[tuple[object, ...]] = []
     # (position in out, message id, version, time): applied after the messages exist, in order
@@ -116,36 +121,43 @@ def ingest_many(conn: sqlite3.Connection, args: list[tuple[Ingest, float]]) -> l
                 m.listener,
                 m.content_type,
                 m.charset,
-                m.raw,
+                seal.seal("messages", "raw", message_id, m.raw),
                 len(m.raw),
                 k.sender,
                 k.facility,
                 k.control_id,
                 k.message_type,
                 k.version,
-                KEY_SEPARATOR.join(k.patient_ids),
+                seal.seal_text("messages", "patient_ids", message_id,
+                               KEY_SEPARATOR.join(k.patient_ids)),
                 KEY_SEPARATOR.join(k.appointment_ids),
                 m.status,
                 m.ack_code,
-                m.ack,
+                seal.seal("messages", "ack", message_id, m.ack),
                 m.error,
                 m.replay_of,
                 m.duplicate_of,
             )
         )
-        keys.extend(("patient", v, message_id) for v in k.patient_ids if v)
+        keys.extend(("patient", seal.index("patient", v), message_id) for v in k.patient_ids if v)
         keys.extend(("appointment", v, message_id) for v in k.appointment_ids if v)
         outputs: dict[str, bytes] = {}
         for r in item.results:
+            sealed = seal.seal("channel_results", "output", result_id, r.output)
             results.append(
-                (message_id, r.channel, r.status, r.output, r.error, r.error_step, r.error_location)
+                (result_id, message_id, r.channel, r.status, sealed, r.error, r.error_step,
+                 r.error_location)
             )
+            result_id += 1
             outputs.setdefault(r.channel, r.output)
         claimed = 1 if item.claimed else 0
         ids = []
         for d in item.deliveries:
             output = outputs.get(d.channel)
-            payload = None if output is not None and output == d.payload else d.payload
+            payload = (
+                None if output is not None and output == d.payload
+                else seal.seal("deliveries", "payload", delivery_id, d.payload)
+            )
             deliveries.append(
                 (
                     delivery_id,
@@ -188,17 +200,23 @@ def add_deliveries(
     when `claimed`; payload stored once when it is its channel's output)."""
     message_id, new, claimed, now = arg
     cur = conn.cursor()
+    seal = sealer_of(conn)
     if cur.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone() is None:
         raise LookupError(f"message {message_id} does not exist")
     outputs: dict[str, bytes] = {}
     channels = json.dumps(sorted({d.channel for d in new}))
-    for channel, output in cur.execute(_CHANNEL_OUTPUTS, (message_id, channels)).fetchall():
-        outputs.setdefault(channel, output)  # the first result, as the read path picks it
+    rows_found = cur.execute(_CHANNEL_OUTPUTS, (message_id, channels)).fetchall()
+    for channel, output, result_id in rows_found:
+        if channel not in outputs:  # the first result, as the read path picks it
+            outputs[channel] = seal.open("channel_results", "output", result_id, output)
     first = _next_id(cur, "deliveries")
     rows = []
     for offset, d in enumerate(new):
         output = outputs.get(d.channel)
-        payload = None if output is not None and output == d.payload else d.payload
+        payload = (
+            None if output is not None and output == d.payload
+            else seal.seal("deliveries", "payload", first + offset, d.payload)
+        )
         rows.append(
             (first + offset, message_id, d.channel, d.destination, d.lane, int(claimed),
              d.next_attempt_at, payload, now, now)
@@ -210,21 +228,24 @@ def add_deliveries(
 def record_attempt_many(conn: sqlite3.Connection, args: list[tuple[Attempt, float]]) -> list[None]:
     """`record_attempt` for a whole batch (see `ingest_many` for why)."""
     cur = conn.cursor()
+    seal = sealer_of(conn)
+    first = _next_id(cur, "attempts")
     cur.executemany(
         _INSERT_ATTEMPT,
         [
             (
+                first + offset,
                 a.delivery_id,
                 a.number,
                 a.started_at,
                 a.latency,
                 a.outcome,
                 a.code,
-                a.response,
+                seal.seal("attempts", "response", first + offset, a.response),
                 a.error,
                 a.next_attempt_at,
             )
-            for a, _now in args
+            for offset, (a, _now) in enumerate(args)
         ],
     )
     cur.executemany(
@@ -255,14 +276,18 @@ def record_attempt(conn: sqlite3.Connection, arg: tuple[Attempt, float]) -> None
 
 def set_ack(conn: sqlite3.Connection, arg: tuple[int, str, bytes]) -> None:
     message_id, code, ack = arg
-    conn.execute("UPDATE messages SET ack_code = ?, ack = ? WHERE id = ?", (code, ack, message_id))
+    sealed = sealer_of(conn).seal("messages", "ack", message_id, ack)
+    conn.execute(
+        "UPDATE messages SET ack_code = ?, ack = ? WHERE id = ?", (code, sealed, message_id)
+    )
 
 
 def claim_queued(conn: sqlite3.Connection, arg: tuple[list[str], int]) -> list[Delivery]:
     destinations, limit = arg
     rows = conn.execute(_CLAIM, (json.dumps(destinations), limit)).fetchall()
+    seal = sealer_of(conn)
     # RETURNING gives no order guarantee; callers rely on oldest first.
-    return sorted((delivery_from_row(r) for r in rows), key=lambda d: d.id)
+    return sorted((delivery_from_row(r, seal) for r in rows), key=lambda d: d.id)
 
 
 def release_claims(conn: sqlite3.Connection, _: None) -> int:

@@ -139,10 +139,12 @@ async def test_deliveries_lists_by_destination_and_status(store: SqliteStore) ->
 
 _OPERATOR = """
 import asyncio, sys
+from engine.security.atrest import RowSealer
 from engine.store.sqlite import SqliteStore
+from tests.unit.store.conftest import TEST_RING
 
 async def main():
-    store = SqliteStore(sys.argv[1])
+    store = SqliteStore(sys.argv[1], sealer=RowSealer(TEST_RING))
     await store.open()
     print(await store.requeue_failed("dest-a"))
     await store.close()

@@ -239,7 +239,8 @@ async def test_payload_equal_to_the_output_is_stored_once_and_read_back(
     )
     with sqlite3.connect(db_path) as conn:
         stored = dict(conn.execute("SELECT id, payload FROM deliveries").fetchall())
-    assert stored == {same.delivery_ids[0]: None, other.delivery_ids[0]: b"DIFFERENT"}
+    opened = {k: v and store.sealer.open("deliveries", "payload", k, v) for k, v in stored.items()}
+    assert opened == {same.delivery_ids[0]: None, other.delivery_ids[0]: b"DIFFERENT"}
     by_id = {d.id: d.payload for d in await store.deliveries()}
     assert by_id == {same.delivery_ids[0]: item.deliveries[0].payload,
                      other.delivery_ids[0]: b"DIFFERENT"}
