@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -32,6 +33,9 @@ from typing import Any
 import yaml
 
 from engine.protocol.er7 import Message, peek_header
+from engine.security.atrest import new_key_line
+from engine.security.identities import Identities
+from engine.security.identities_store import IdentityStore
 from engine.testing.fake_ehr import FakeEhr
 from engine.testing.mllp_client import MllpClient
 
@@ -116,7 +120,45 @@ async def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 3
     raise RuntimeError(f"nothing listening on {port} after {timeout}s")
 
 
-def _bench_config(source: Path, folder: Path, listen: int, ehr: int) -> Path:
+@dataclass
+class Production:
+    """What the benches run the engine with: the production profile with its controls on, so
+    the figures include them: the store seals at rest (a fresh key in an owner-only key file),
+    the audit trail records (a fresh audit key) and HTTP listeners require a credential (an
+    API key of the `system` role, what an EHR feed holds)."""
+
+    security: dict[str, Any]
+    environ: dict[str, str]
+    api_key: str
+
+
+def production(folder: Path) -> Production:
+    key_file = _secret_file(folder / "atrest.keys", new_key_line("bench") + "\n")
+    audit_key = _secret_file(folder / "audit.key", secrets.token_hex(32))
+    identities = folder / "identities.db"
+    store = IdentityStore(identities)
+    try:
+        issued = Identities(store).create_key("bench", "system", 24 * 3600.0)
+    finally:
+        store.close()
+    environ = {**os.environ, "ENGINE_AUDIT_KEY_FILE": str(audit_key),
+               "ENGINE_IDENTITIES_DB": str(identities)}  # fmt: skip
+    environ.pop("ENGINE_AUDIT_KEY", None)
+    return Production(
+        security={"encryption": {"key_file": str(key_file), "current": "bench"}},
+        environ=environ,
+        api_key=issued.secret,
+    )
+
+
+def _secret_file(path: Path, text: str) -> Path:
+    path.touch(mode=0o600)
+    path.write_text(text)
+    return path
+
+
+def _bench_config(source: Path, folder: Path, listen: int, ehr: int) -> tuple[Path, Production]:
+    settings = production(folder)
     shutil.copytree(source / "transforms", folder / "transforms")
     (folder / "channels").mkdir()
     channel = yaml.safe_load((source / "channels" / f"{CHANNEL}.yaml").read_text())
@@ -126,11 +168,12 @@ def _bench_config(source: Path, folder: Path, listen: int, ehr: int) -> Path:
     (folder / "channels" / f"{CHANNEL}.yaml").write_text(yaml.safe_dump(channel))
     routes = {
         "store": "sqlite:data/engine.db",
+        "security": settings.security,
         "listeners": {"bench": {"mllp": {"port": listen}, "ack": "processed"}},
         "routes": {"bench": [CHANNEL]},
     }
     (folder / "routes.yaml").write_text(yaml.safe_dump(routes))
-    return folder / "routes.yaml"
+    return folder / "routes.yaml", settings
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -146,7 +189,7 @@ async def bench_engine(source: Path, count: int, connections: int) -> dict[str, 
     payloads = make_messages((source / "samples" / "siu_s12_new_patient.hl7").read_bytes(), count)
     with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp:
         listen, ehr_port = free_port(), free_port()
-        routes = _bench_config(source, Path(tmp), listen, ehr_port)
+        routes, settings = _bench_config(source, Path(tmp), listen, ehr_port)
         async with FakeEhr(port=ehr_port) as ehr:
             proc = subprocess.Popen(
                 [
@@ -160,6 +203,7 @@ async def bench_engine(source: Path, count: int, connections: int) -> dict[str, 
                     "warning",
                 ],
                 cwd=tmp,
+                env=settings.environ,
             )
             try:
                 await wait_port(listen, proc)

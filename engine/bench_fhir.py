@@ -32,7 +32,14 @@ from typing import Any
 
 import yaml
 
-from engine.bench import LoadResult, free_port, stop_process, wait_port
+from engine.bench import (
+    LoadResult,
+    Production,
+    free_port,
+    production,
+    stop_process,
+    wait_port,
+)
 from engine.protocol.er7 import Message
 from engine.testing.fake_ehr import FakeEhr
 
@@ -54,7 +61,8 @@ def make_appointments(template: dict[str, Any], count: int) -> list[bytes]:
     return out
 
 
-def _config(source: Path, folder: Path, http_port: int, ehr_port: int) -> Path:
+def _config(source: Path, folder: Path, http_port: int, ehr_port: int) -> tuple[Path, Production]:
+    settings = production(folder)
     shutil.copytree(source / "transforms", folder / "transforms")
     (folder / "channels").mkdir()
     channel = yaml.safe_load((source / "channels" / f"{CHANNEL}.yaml").read_text())
@@ -64,15 +72,17 @@ def _config(source: Path, folder: Path, http_port: int, ehr_port: int) -> Path:
     (folder / "channels" / f"{CHANNEL}.yaml").write_text(yaml.safe_dump(channel))
     routes = {
         "store": "sqlite:data/engine.db",
-        "security": {"profile": "development"},
-        "listeners": {"api": {"http": {"port": http_port, "auth": "none"}, "ack": "processed"}},
+        "security": settings.security,
+        "listeners": {"api": {"http": {"port": http_port}, "ack": "processed"}},
         "routes": {"api": [CHANNEL]},
     }
     (folder / "routes.yaml").write_text(yaml.safe_dump(routes))
-    return folder / "routes.yaml"
+    return folder / "routes.yaml", settings
 
 
-async def _client(port: int, path: str, bodies: list[bytes], result: LoadResult) -> None:
+async def _client(
+    port: int, path: str, api_key: str, bodies: list[bytes], result: LoadResult
+) -> None:
     """One keep-alive HTTP/1.1 connection sending its share one request at a time.
 
     A few lines of HTTP rather than aiohttp's client: on two cores the load generator shares
@@ -84,6 +94,7 @@ async def _client(port: int, path: str, bodies: list[bytes], result: LoadResult)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     head = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {api_key}\r\n"
         "Content-Type: application/fhir+json\r\nPrefer: return=minimal\r\n"
     )
     try:
@@ -108,17 +119,18 @@ async def bench_fhir(source: Path, count: int, connections: int) -> dict[str, An
     bodies = make_appointments(template, count)
     with tempfile.TemporaryDirectory(prefix="engine-bench-fhir-") as tmp:
         http_port, ehr_port = free_port(), free_port()
-        routes = _config(source, Path(tmp), http_port, ehr_port)
+        routes, settings = _config(source, Path(tmp), http_port, ehr_port)
         async with FakeEhr(port=ehr_port) as ehr:
             command = [sys.executable, "-m", "engine", "run", "--config", str(routes),
                        "--log-level", "warning"]
-            proc = subprocess.Popen(command, cwd=tmp)
+            proc = subprocess.Popen(command, cwd=tmp, env=settings.environ)
             try:
                 await wait_port(http_port, proc)
                 load = LoadResult(count, 0.0, Counter(), [])
                 started = time.perf_counter()
                 await asyncio.gather(*(
-                    _client(http_port, "/fhir/Appointment", bodies[i::connections], load)
+                    _client(http_port, "/fhir/Appointment", settings.api_key,
+                            bodies[i::connections], load)
                     for i in range(connections)
                 ))
                 load.seconds = time.perf_counter() - started

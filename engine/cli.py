@@ -1,7 +1,8 @@
 """The `engine` command: argument parsing and dispatch to engine.commands.
 
 `engine run | check | test | send | messages | show | replay | retry | fake-ehr | fake-fhir |
-fake-webhooks | bench | certs dev | audit verify | audit search | users ... | apikeys ...`.
+fake-webhooks | bench | certs dev | audit verify | audit search | users ... | apikeys ... |
+keys new | keys status | keys rotate`.
 Every command takes `--config PATH` (default routes.yaml in the current directory);
 channels/ and transforms/ are found beside it.
 """
@@ -24,6 +25,7 @@ from engine.commands.common import CommandError, fail, load_config, open_for, ro
 from engine.commands.credentials import CliCaller
 from engine.commands.identities import add_parsers as add_identity_parsers
 from engine.commands.inspect import add_filters
+from engine.commands.keys import add_parser as add_keys_parser
 
 if TYPE_CHECKING:
     from engine.config.model import EngineConfig
@@ -153,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
                            help="read the password, then the TOTP code, one line each")
     add_audit_parser(sub)
     add_identity_parsers(sub)
+    add_keys_parser(sub)
     return parser
 
 
@@ -204,6 +207,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from engine.commands.audit import run as run_audit
 
         return run_audit(args)
+    if args.command == "keys":
+        from engine.commands.keys import run as run_keys
+
+        return run_keys(args)
     if args.command in ("users", "apikeys", "clients"):
         from engine.commands.identities import run as run_identities
 
@@ -299,6 +306,7 @@ def _ignore(line: str) -> None:
 async def _store_command(args: argparse.Namespace) -> int:
     from engine.commands.audit import cli_hook
     from engine.security.alert_webhook import delivering
+    from engine.security.atrest import AtRestError
 
     config = load_config(args.config) if args.command == "replay" else None
     audit = cli_hook(args.config, args.caller.actor, getattr(args, "store", None))
@@ -322,6 +330,8 @@ async def _on_store(args: argparse.Namespace, config: EngineConfig | None, audit
         if args.command == "retry":
             return await operate.retry(store, args, audit=audit)
         raise CommandError(f"unknown command {args.command}")
+    except AtRestError as exc:  # a row sealed with a key this configuration lacks
+        raise CommandError(str(exc)) from exc
     finally:
         await store.close()
 

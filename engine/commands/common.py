@@ -1,8 +1,9 @@
 """What several commands share: finding the configuration and opening its store.
 
 Inspection commands (`messages`, `show`, `retry`) need only the store, so they read just the
-`store:` setting and keep working while a channel file is broken; commands that run channels
-(`run`, `test`, `replay`) load and check the whole configuration.
+`store:` setting (and `security:`, for the at-rest keys) and keep working while a channel file
+is broken; commands that run channels (`run`, `test`, `replay`) load and check the whole
+configuration.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from engine.config import store_url as config_store_url
 from engine.config.model import EngineConfig, SecurityConfig
 from engine.store import open_store
 from engine.store.base import Store
+from engine.store.sqlite_schema import StoreSchemaError
 
 
 class CommandError(Exception):
@@ -62,8 +64,11 @@ async def open_for(routes: Path, store: str | None = None) -> Store:
         raise CommandError(
             f"no store at {url.removeprefix('sqlite:')} yet (start the engine first)"
         )
-    opened = open_store(url)
-    await opened.open()
+    opened = open_store(url, routes_security(routes).encryption)
+    try:
+        await opened.open()
+    except StoreSchemaError as exc:  # e.g. sealed with a key this configuration lacks
+        raise CommandError(str(exc)) from exc
     return opened
 
 

@@ -44,6 +44,12 @@ def is_secret_key(key: str) -> bool:
     )
 
 
+def is_secret_path(path: tuple[str | int, ...]) -> bool:
+    """Values secret by their place rather than their key's name: the at-rest keys, whose
+    names are key ids (`security: encryption: keys: {k2026a: ${ENGINE_KEY_K2026A}}`)."""
+    return len(path) == 4 and path[:3] == ("security", "encryption", "keys")
+
+
 def is_secret_reference(text: str) -> bool:
     """Exactly one `${NAME}`: no default (a default would be a secret written in the file)."""
     return _SECRET_REF.match(text) is not None

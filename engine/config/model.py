@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # the runtime imports this module on hot paths: no crypto import here
+    from engine.security.atrest import KeyRing
 
 AckPolicy = Literal["commit", "processed", "delivered"]
 ConflictPolicy = Literal["flag", "reject"]
@@ -267,6 +270,8 @@ class SecurityConfig:
     profile: Profile = "production"
     lockout: LockoutConfig = field(default_factory=LockoutConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    # The at-rest keys (`security.encryption`); None: the store keeps values in clear.
+    encryption: KeyRing | None = None
 
     @property
     def production(self) -> bool:

@@ -161,6 +161,32 @@ LISTENER = _closed(
     },
 )
 
+_KEY_ID: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$",  # engine.security.atrest.KEY_ID_PATTERN
+    "x-expected": "a key id of 1-32 letters, digits, '_', '.' or '-' (not starting with one"
+    " of '_.-')",
+}
+# `security.encryption:` (engine.config.encryption): keys from a key file and/or the
+# environment (each value a `${NAME}`: the YAML reader treats them as secrets).
+ENCRYPTION = _closed(
+    {
+        "key_file": {"x-unit": PATH, "type": "string", "minLength": 1},
+        "keys": {
+            "type": "object",
+            "minProperties": 1,
+            "propertyNames": _KEY_ID,
+            "additionalProperties": {
+                "type": "string",
+                "x-expected": "${NAME}: an environment variable holding the base64 key",
+            },
+        },
+        "current": _KEY_ID,
+    },
+    required=["current"],
+) | {"anyOf": [{"required": ["key_file"]}, {"required": ["keys"]}],
+     "x-expected": "key_file: and/or keys:, and current: naming the key new values use"}
+
 # `security:` of routes.yaml (engine.config.model.SecurityConfig).
 _CLOCK_TIME: dict[str, Any] = {
     "type": "string",
@@ -229,6 +255,7 @@ SECURITY = _closed(
         "profile": {"enum": ["production", "development"]},
         "lockout": LOCKOUT,
         "alerts": ALERTS,
+        "encryption": ENCRYPTION,
     }
 )
 

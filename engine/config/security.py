@@ -1,4 +1,4 @@
-"""`security:` of routes.yaml (profile, lockout, alerts) and `timezone:`, checked and typed.
+"""`security:` of routes.yaml (profile, lockout, alerts, at-rest keys) and `timezone:`, checked and typed.
 
 The block is checked on its own against `schema.SECURITY` (routes.yaml's schema only says it
 is a mapping), as listeners are, so `engine run` (through `load`) and the commands that need
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import env, semantic, validation, yaml_nodes
+from engine.config.encryption import key_ring
 from engine.config.errors import ConfigError, ConfigProblem
 from engine.config.model import (
     AccessHours,
@@ -67,8 +68,9 @@ def security_config(
         return SecurityConfig()
     lockout = LockoutConfig(**spec.get("lockout", {}))
     alerts = _alerts(doc, spec.get("alerts", {}), zone, problems)
+    encryption = key_ring(doc, spec.get("encryption"), root, problems)
     return SecurityConfig(profile=spec.get("profile", "production"), lockout=lockout,
-                          alerts=alerts)  # fmt: skip
+                          alerts=alerts, encryption=encryption)  # fmt: skip
 
 
 def _alerts(

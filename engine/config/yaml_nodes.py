@@ -267,7 +267,7 @@ class _Builder:
             seen[key] = key_pos
             sub = (*path, key)
             self.doc.keys[sub] = key_pos
-            secret_key = env.is_secret_key(key)
+            secret_key = env.is_secret_key(key) or env.is_secret_path(sub)
             if secret_key:
                 self.doc.secrets.add(sub)
                 if not (isinstance(value_node, ScalarNode)

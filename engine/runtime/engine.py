@@ -53,7 +53,7 @@ class Engine:
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.store = store or open_store(config.store)
+        self.store = store or open_store(config.store, config.security.encryption)
         self.channels = compile_config(config)
         destinations = [d for c in config.channels.values() for d in c.destinations]
         self.dispatcher = Dispatcher(

@@ -5,7 +5,7 @@ it starts.
   requires authentication; the identity file is `security_file(store, "identities")`.
 - The audit log (engine.security.audit_store.AuditLog) is opened when an audit key is
   configured ($ENGINE_AUDIT_KEY_FILE / $ENGINE_AUDIT_KEY).
-- `refusals`: why the production profile must not start (no audit key, ...); the
+- `refusals`: why the production profile must not start (no audit key, no at-rest keys); the
   development profile starts without them and says once what is off.
 """
 
@@ -40,6 +40,12 @@ def refusals(config: EngineConfig, environ: Mapping[str, str] | None = None) -> 
             AuditKey.load(None, env)
         except AuditKeyError as exc:
             found.append(f"the production profile needs the audit trail: {exc}")
+        if config.security.encryption is None:
+            found.append(
+                "the production profile needs at-rest encryption keys: configure security: "
+                "encryption: {key_file: <file>, current: <key id>} (or keys: {<key id>: "
+                "${ENV_VAR}}) in routes.yaml; `engine keys new --id <key id>` makes a key"
+            )
     if needs_identities(config) or AuditKey.configured(env):
         for kind in ("identities", "audit"):
             try:
@@ -82,6 +88,9 @@ class SecurityServices:
         if not config.security.production:
             self.warnings.append("development profile: controls whose keys are missing are "
                                  "off; do not use it with real patient data")
+        if config.security.encryption is None:
+            self.warnings.append("no at-rest encryption keys (security.encryption): message "
+                                 "bodies and patient ids are stored in clear")
         if audit is None:
             self.warnings.append("no audit key ($ENGINE_AUDIT_KEY_FILE / $ENGINE_AUDIT_KEY): "
                                  "reads, logins and operator changes over HTTP are not audited")

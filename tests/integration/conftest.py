@@ -95,6 +95,8 @@ def write_config(
     mllp: dict[str, Any] = {"port": listen_port, **(listener or {})}
     config = {
         "store": "sqlite:data/engine.db",
+        # As the example: trying the engine on one machine (no at-rest keys to provide).
+        "security": {"profile": "development"},
         "listeners": {"feed": {"mllp": mllp, "ack": ack, "ack_timeout": "3s"}},
         "routes": {"feed": routes if routes is not None else list(channels)},
     }
