@@ -5,20 +5,23 @@ concurrent tasks, then one record_attempt per delivery from the same C tasks. Pr
 commits, mean rows and ops per commit, p50/p99 ingest latency, the cost of one duplicate
 check and attempts/s. The database
 lives in a fresh temporary directory on the disk given by --dir (default: the current
-directory, not /tmp, which may be RAM-backed and would hide the fsync).
+directory, not /tmp, which may be RAM-backed and would hide the fsync). `--sealed` runs the
+store with an at-rest key, as the production profile does (engine.security.atrest).
 
-    .venv/bin/python benchmarks/store_bench.py -n 50000 -c 256
+    .venv/bin/python benchmarks/store_bench.py -n 50000 -c 256 [--sealed]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from engine.security.atrest import KEY_BYTES, KeyRing, RowSealer
 from engine.store.base import (
     Attempt,
     Ingest,
@@ -94,9 +97,10 @@ def _pct(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-async def bench(n: int, concurrency: int, directory: Path) -> None:
+async def bench(n: int, concurrency: int, directory: Path, sealed: bool) -> None:
+    ring = KeyRing({"bench": secrets.token_bytes(KEY_BYTES)}, "bench") if sealed else None
     with tempfile.TemporaryDirectory(dir=directory, prefix="store-bench-") as tmp:
-        store = SqliteStore(Path(tmp) / "bench.db")
+        store = SqliteStore(Path(tmp) / "bench.db", sealer=RowSealer(ring))
         await store.open()
         items = [make_ingest(i) for i in range(n)]
         delivery_ids: list[int] = [0] * n
@@ -150,8 +154,9 @@ def main() -> None:
     parser.add_argument("-c", "--concurrency", type=int, default=256, help="concurrent tasks")
     parser.add_argument("--dir", type=Path, default=Path.cwd(), help="where the db goes")
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop")
+    parser.add_argument("--sealed", action="store_true", help="encrypt at rest (one key)")
     args = parser.parse_args()
-    coro = bench(args.n, args.concurrency, args.dir)
+    coro = bench(args.n, args.concurrency, args.dir, args.sealed)
     if args.loop == "uvloop":
         import uvloop
 

@@ -91,6 +91,9 @@ def rotate(
     """Re-seal everything not under `ring.current`; `conn` must be in autocommit mode."""
     seal = RowSealer(ring)
     done = Rotation()
+    # Overwrite what an UPDATE or DELETE frees: a value rotated out of clear must not linger
+    # in free space of the file.
+    conn.execute("PRAGMA secure_delete = ON")
     for table, (ident, columns) in SEALED.items():
         last = 0
         table_rows = 0

@@ -18,8 +18,10 @@ from engine.security.atrest import CLEAR, RowSealer
 
 Migration = tuple[str, ...]
 
-# Version 1. Bodies are BLOBs so that at-rest encryption can wrap them later without a type
-# change. Key lists are also kept joined (US-separated) on the message row so that listing
+# Version 1. Bodies are BLOBs so that at-rest encryption wraps them without a type change
+# (engine.security.atrest; a sealed `patient_ids` or blind-indexed `message_keys.value` is a
+# BLOB in its TEXT column, which SQLite keeps as written, so sealing needed no migration). Key
+# lists are also kept joined (US-separated) on the message row so that listing
 # messages needs no join; message_keys exists for searching them. A delivery's payload is
 # NULL when it is byte for byte its channel result's output (the usual case: a destination
 # never transforms), which saves a copy per destination and about a third of the bytes each
