@@ -9,7 +9,9 @@ configuration.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from engine.config import ConfigError, load
 from engine.config import store_url as config_store_url
@@ -17,6 +19,8 @@ from engine.config.model import EngineConfig, SecurityConfig
 from engine.store import open_store
 from engine.store.base import Store
 from engine.store.sqlite_schema import StoreSchemaError
+
+T = TypeVar("T")
 
 
 class CommandError(Exception):
@@ -28,21 +32,21 @@ def _require(routes: Path) -> None:
         raise CommandError(f"{routes}: no such configuration file (use --config PATH)")
 
 
-def load_config(path: Path) -> EngineConfig:
-    _require(path)
+def _read(routes: Path, read: Callable[[Path], T], failure: str) -> T:
+    _require(routes)
     try:
-        return load(path)
+        return read(routes)
     except ConfigError as exc:
-        raise CommandError(f"configuration is not valid:\n{exc}") from exc
+        raise CommandError(f"{failure}:\n{exc}") from exc
+
+
+def load_config(path: Path) -> EngineConfig:
+    return _read(path, load, "configuration is not valid")
 
 
 def store_url(routes: Path) -> str:
     """The store named in routes.yaml, resolved exactly as `engine run` resolves it."""
-    _require(routes)
-    try:
-        return config_store_url(routes)
-    except ConfigError as exc:
-        raise CommandError(f"cannot read the store setting:\n{exc}") from exc
+    return _read(routes, config_store_url, "cannot read the store setting")
 
 
 def routes_security(routes: Path) -> SecurityConfig:
@@ -52,10 +56,7 @@ def routes_security(routes: Path) -> SecurityConfig:
 
     if not routes.exists():
         return SecurityConfig()
-    try:
-        return read(routes)
-    except ConfigError as exc:
-        raise CommandError(f"configuration is not valid:\n{exc}") from exc
+    return _read(routes, read, "configuration is not valid")
 
 
 async def open_for(routes: Path, store: str | None = None) -> Store:

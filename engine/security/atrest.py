@@ -154,8 +154,10 @@ class KeyRing:
         self._headers = {
             k: bytes((_MARK, _VERSION, len(k))) + k.encode("ascii") for k in keys
         }
-        self._index_keys = {
-            k: HKDF(hashes.SHA256(), KEY_BYTES, None, _INDEX_INFO).derive(v)
+        # Keyed once; each entry copies the keyed state (cheaper than keying per value).
+        self._index_macs = {
+            k: hmac.new(HKDF(hashes.SHA256(), KEY_BYTES, None, _INDEX_INFO).derive(v),
+                        digestmod=hashlib.sha256)
             for k, v in keys.items()
         }
         self._current_aead = self._aead[current]
@@ -194,10 +196,9 @@ class KeyRing:
     def index(self, kind: str, value: str, key_id: str | None = None) -> bytes:
         """The blind index entry of `value` under `key_id` (default: the current key)."""
         key_id = key_id or self.current
-        digest = hmac.new(
-            self._index_keys[key_id], kind.encode() + b"\x00" + value.encode(), hashlib.sha256
-        ).digest()
-        return b"\x00" + key_id.encode("ascii") + b"\x00" + digest[:_INDEX_BYTES]
+        mac = self._index_macs[key_id].copy()
+        mac.update(kind.encode() + b"\x00" + value.encode())
+        return b"\x00" + key_id.encode("ascii") + b"\x00" + mac.digest()[:_INDEX_BYTES]
 
     def index_all(self, kind: str, value: str) -> Iterator[bytes]:
         """The entries `value` may be stored under, one per key of the ring."""
