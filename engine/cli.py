@@ -306,7 +306,6 @@ def _ignore(line: str) -> None:
 async def _store_command(args: argparse.Namespace) -> int:
     from engine.commands.audit import cli_hook
     from engine.security.alert_webhook import delivering
-    from engine.security.atrest import AtRestError
 
     config = load_config(args.config) if args.command == "replay" else None
     audit = cli_hook(args.config, args.caller.actor, getattr(args, "store", None))
@@ -317,6 +316,7 @@ async def _store_command(args: argparse.Namespace) -> int:
 
 async def _on_store(args: argparse.Namespace, config: EngineConfig | None, audit: AuditHook) -> int:
     from engine.commands import inspect, operate
+    from engine.security.atrest import AtRestError
 
     store = await open_for(args.config, getattr(args, "store", None))
     try:

@@ -65,8 +65,8 @@ def os_user() -> str:
 
 def command_words(args: argparse.Namespace) -> str:
     """`"audit search"`, `"users add"`, `"show"`: the key of CLI_COMMANDS."""
-    verb = getattr(args, "identity_command", None) or getattr(args, "audit_command", None) or (
-        getattr(args, "certs_command", None))
+    # Each command group names its verb `<group>_command` (argparse's dest).
+    verb = next((v for k, v in vars(args).items() if k.endswith("_command") and v), None)
     return f"{args.command} {verb}" if verb else str(args.command)
 
 

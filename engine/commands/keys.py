@@ -20,7 +20,7 @@ from engine.commands.audit import cli_hook
 from engine.commands.common import CommandError, routes_security, store_url
 from engine.commands.output import dump_json, table
 from engine.security.atrest import AtRestError, KeyRing, new_key_line
-from engine.security.audit import AuditEvent
+from engine.security.audit import Actor, AuditEvent
 from engine.store import sqlite_keys
 from engine.store.sqlite_schema import connect
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         )
     if args.batch < 1:
         raise CommandError("--batch must be at least 1")
-    return _rotate(args.config, ring, args.batch, out)
+    return _rotate(args.config, ring, args.batch, args.caller.actor, out)
 
 
 def _open(routes: Path) -> sqlite3.Connection:
@@ -114,8 +114,8 @@ def _state(key_id: str, ring: KeyRing | None, found: sqlite_keys.KeyUsage) -> st
     return "in use: run engine keys rotate" if used else "unused: can be retired"
 
 
-def _rotate(routes: Path, ring: KeyRing, batch: int, out: TextIO) -> int:
-    audit = cli_hook(routes)
+def _rotate(routes: Path, ring: KeyRing, batch: int, actor: Actor, out: TextIO) -> int:
+    audit = cli_hook(routes, actor)
     conn = _open(routes)
 
     def progress(table_name: str, rows: int, done: sqlite_keys.Rotation) -> None:

@@ -1,4 +1,5 @@
-"""`security:` of routes.yaml (profile, lockout, alerts, at-rest keys) and `timezone:`, checked and typed.
+"""`security:` of routes.yaml (profile, lockout, alerts, at-rest keys) and `timezone:`,
+checked and typed.
 
 The block is checked on its own against `schema.SECURITY` (routes.yaml's schema only says it
 is a mapping), as listeners are, so `engine run` (through `load`) and the commands that need

@@ -124,4 +124,7 @@ CLI_COMMANDS: dict[str, tuple[Permission, ...]] = {
     "clients add": (Permission.IDENTITIES,),
     "clients list": (Permission.IDENTITIES,),
     "clients disable": (Permission.IDENTITIES,),
+    "keys new": NO_PHI,  # prints a fresh random key; opens nothing
+    "keys status": (Permission.KEYS,),
+    "keys rotate": (Permission.KEYS,),
 }

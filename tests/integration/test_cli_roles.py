@@ -37,7 +37,8 @@ ALLOWED: dict[str, set[str]] = {
     **{f"{group} {verb}": {"admin"} for group, verbs in (
         ("users", ("add", "list", "disable", "unlock")),
         ("apikeys", ("create", "list", "rotate", "revoke", "unlock")),
-        ("clients", ("add", "list", "disable"))) for verb in verbs},
+        ("clients", ("add", "list", "disable")), ("keys", ("status", "rotate")))
+        for verb in verbs},
 }  # fmt: skip
 ARGS: dict[str, list[str]] = {
     "messages": [], "show": ["1"], "replay": ["1", "--dry-run"], "retry": ["999"],
@@ -48,7 +49,7 @@ ARGS: dict[str, list[str]] = {
     "apikeys rotate": ["ek000000000000"], "apikeys revoke": ["ek000000000000"],
     "apikeys unlock": ["ek000000000000"],
     "clients add": ["new-app", "--role", "system"], "clients list": [],
-    "clients disable": ["nobody"],
+    "clients disable": ["nobody"], "keys status": [], "keys rotate": [],
 }  # fmt: skip
 
 

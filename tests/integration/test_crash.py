@@ -35,7 +35,7 @@ def start_engine(routes: Path, log: Path) -> subprocess.Popen[bytes]:
             [sys.executable, "-m", "engine", "run", "--config", str(routes),
              "--log-level", "warning"],
             cwd=routes.parent, stdout=out, stderr=out,
-            # The production profile (the test config names none) needs its audit key.
+            # With the audit trail on, as in production (the test config is development).
             env={**CLI_ENV, "ENGINE_AUDIT_KEY": secrets.token_hex(32)},
         )
 
