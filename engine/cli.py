@@ -75,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=2575)
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each ACK")
+    p.add_argument("--tls", action="store_true",
+                   help="MLLP over TLS, verified against the system CAs (or --tls-ca)")
+    p.add_argument("--tls-ca", metavar="PEM", help="CA certificates to verify the listener with")
+    p.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", metavar="PEM", help="its private key")
 
     p = command("messages", "search stored messages (newest first)")
     add_filters(p)
@@ -256,8 +261,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _channel_tests(config_path)
     if args.command == "send":
         from engine.commands.send import send_files
+        from engine.config.model import ClientTls
 
-        return _run_async(lambda: send_files(args.files, args.host, args.port, args.timeout))
+        tls = None
+        if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
+            tls = ClientTls(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+        return _run_async(
+            lambda: send_files(args.files, args.host, args.port, args.timeout, tls=tls)
+        )
     if args.command in ("fake-ehr", "fake-fhir", "fake-webhooks"):
         return _fake(args)
     if args.command == "bench" and args.fhir:

@@ -1,14 +1,18 @@
-"""`engine send FILE...`: send HL7 files over MLLP, one connection, and print each ACK."""
+"""`engine send FILE...`: send HL7 files over MLLP (or MLLP over TLS), one connection, and
+print each ACK."""
 
 from __future__ import annotations
 
+import ssl
 import sys
 from pathlib import Path
 from typing import TextIO
 
+from engine.config.model import ClientTls
 from engine.protocol.ack import parse_ack
 from engine.protocol.charset import CharsetError, codec_for
 from engine.protocol.er7 import Er7Error, peek_header
+from engine.security.tls import TlsConfigError, client_context
 from engine.testing.mllp_client import MllpClient
 
 
@@ -27,10 +31,24 @@ def describe_ack(data: bytes) -> str:
 
 
 async def send_files(
-    files: list[Path], host: str, port: int, timeout: float, out: TextIO = sys.stdout
+    files: list[Path],
+    host: str,
+    port: int,
+    timeout: float,
+    out: TextIO = sys.stdout,
+    tls: ClientTls | None = None,
 ) -> int:
+    """Send each file, print its ACK; `tls` (even empty: the system CAs) connects over TLS."""
     try:
-        client = await MllpClient.connect(host, port, timeout)
+        context = client_context(tls, "engine send") if tls is not None else None
+    except TlsConfigError as exc:
+        sys.stderr.write(f"engine: --tls-{exc.option}: {exc.message}\n")
+        return 2
+    try:
+        client = await MllpClient.connect(host, port, timeout, context)
+    except ssl.SSLError as exc:
+        sys.stderr.write(f"engine: TLS with {host}:{port} failed: {exc.reason or exc}\n")
+        return 2
     except (OSError, TimeoutError) as exc:
         sys.stderr.write(f"engine: cannot connect to {host}:{port}: {exc}\n")
         return 2

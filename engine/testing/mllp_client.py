@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 
 from engine.protocol.mllp import Frame, Framer, frame
 
@@ -20,8 +21,14 @@ class MllpClient:
         self._ready: list[bytes] = []
 
     @classmethod
-    async def connect(cls, host: str, port: int, timeout: float = 10.0) -> MllpClient:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    async def connect(
+        cls, host: str, port: int, timeout: float = 10.0, tls: ssl.SSLContext | None = None
+    ) -> MllpClient:
+        """Connect; over TLS when `tls` is given (the host name is checked against the
+        server's certificate unless the context says otherwise)."""
+        hostname = host if tls is not None else None
+        opening = asyncio.open_connection(host, port, ssl=tls, server_hostname=hostname)
+        reader, writer = await asyncio.wait_for(opening, timeout)
         return cls(reader, writer)
 
     def write(self, data: bytes) -> None:

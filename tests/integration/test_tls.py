@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import ssl
 import warnings
@@ -20,6 +21,7 @@ import yaml
 from aiohttp import web
 
 from engine.auth.token_client import ClientSecretAuth
+from engine.commands.send import send_files
 from engine.config.model import ClientTls, ListenerTls
 from engine.destinations.base import DeliveryMeta, Retry, Sent
 from engine.destinations.fhir import FhirDestination
@@ -210,6 +212,24 @@ async def test_tls12_and_13_clients_get_aa_and_201(
         assert msa(await mllp_exchange(mllp_port, client(certs, version))) == "AA"
         status, body = await post_appointment(http_port, client(certs, version))
         assert status == 201, body
+
+
+async def test_engine_send_speaks_tls_and_verifies_the_listener(
+    tmp_path: Path, certs: DevCerts, other: DevCerts, capsys: pytest.CaptureFixture[str]
+) -> None:
+    routes, mllp_port, _ = write_tls_config(tmp_path / "cfg", server_tls(certs))
+    message = tmp_path / "siu.hl7"
+    message.write_bytes(SIU)
+    async with running(routes) as engine:
+        out = io.StringIO()
+        trusted = ClientTls(ca=str(certs.ca))
+        assert await send_files([message], "127.0.0.1", mllp_port, 10, out, tls=trusted) == 0
+        assert out.getvalue().endswith(": AA\n")
+        # Another CA's listener certificate is refused before a byte of the message goes.
+        wrong = ClientTls(ca=str(other.ca))
+        assert await send_files([message], "127.0.0.1", mllp_port, 10, out, tls=wrong) == 2
+        assert "TLS with 127.0.0.1:" in capsys.readouterr().err
+        assert await stored(engine) == 1
 
 
 async def test_tls12_offers_only_forward_secret_aead_ciphers(
