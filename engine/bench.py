@@ -138,7 +138,9 @@ def production(folder: Path) -> Production:
     identities = folder / "identities.db"
     store = IdentityStore(identities)
     try:
-        issued = Identities(store).create_key("bench", "system", 24 * 3600.0)
+        ids = Identities(store)
+        ids.add_user("bench", "system", secrets.token_urlsafe(24))  # owns the feed's key
+        issued = ids.create_key("bench", "system", 24 * 3600.0)
     finally:
         store.close()
     environ = {**os.environ, "ENGINE_AUDIT_KEY_FILE": str(audit_key),

@@ -89,7 +89,8 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     assert admin_secret is not None
     for role in ("operator", "viewer", "system", "auditor"):
         ids.add_user(f"{role}1", role, PASSWORD)
-    trail = AuditStore(tmp_path / "audit.db", AuditKey.from_bytes(secrets.token_hex(32).encode(), "test"))
+    key = AuditKey.from_bytes(secrets.token_hex(32).encode(), "test")
+    trail = AuditStore(tmp_path / "audit.db", key)
     security = SecurityServices(config, identities=ids, audit=AuditLog(trail))
     engine = Engine(config, poll_interval=0.05, security=security)
     await engine.start()
