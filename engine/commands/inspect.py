@@ -13,11 +13,10 @@ from engine.commands.output import dump_json, segments, table, when
 from engine.security.audit import AuditEvent, AuditHook
 from engine.store.base import (
     AppointmentVersionRow,
-    MessageDetail,
     MessageFilter,
-    MessageRow,
     Store,
 )
+from engine.store.views import detail_json, message_json
 
 
 def parse_time(text: str) -> float:
@@ -77,12 +76,6 @@ def filter_query(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in chosen.items() if v is not None}
 
 
-def _row_json(row: MessageRow) -> dict[str, Any]:
-    data = asdict(row)
-    data["received"] = when(row.received_at)
-    return data
-
-
 async def messages(
     store: Store, args: argparse.Namespace, out: TextIO = sys.stdout, audit: AuditHook | None = None
 ) -> int:
@@ -108,7 +101,9 @@ async def messages(
         if d is not None
     }
     if args.json:
-        dump_json([{**_row_json(r), "deliveries": deliveries.get(r.id, "")} for r in rows], out)
+        rows_json = [{**message_json(r, when), "deliveries": deliveries.get(r.id, "")}
+                     for r in rows]  # fmt: skip
+        dump_json(rows_json, out)
         return 0
     table(
         ["ID", "RECEIVED", "LISTENER", "TYPE", "CONTROL ID", "STATUS", "ACK", "DELIVERIES"],
@@ -132,38 +127,6 @@ async def messages(
     if not rows:
         out.write("(no messages match)\n")
     return 0
-
-
-def _detail_json(detail: MessageDetail) -> dict[str, Any]:
-    codec = detail.message.charset or "utf-8"
-
-    def text(data: bytes) -> str:
-        return data.decode(codec, errors="replace")
-
-    return {
-        "message": _row_json(detail.message),
-        "raw": text(detail.raw),
-        "ack": text(detail.ack),
-        "results": [{**asdict(r), "output": text(r.output)} for r in detail.results],
-        "deliveries": [
-            {
-                **asdict(d),
-                "payload": text(d.payload),
-                "attempts": [
-                    {**asdict(a), "response": text(a.response)}
-                    for a in detail.attempts
-                    if a.delivery_id == d.id
-                ],
-            }
-            for d in detail.deliveries
-        ],
-        "replays": list(detail.replays),
-        "appointment": (
-            {**asdict(detail.appointment), "resource": text(detail.appointment.resource)}
-            if detail.appointment
-            else None
-        ),
-    }
 
 
 async def show(
@@ -190,7 +153,7 @@ async def show(
         sys.stderr.write(f"engine: no message {message_id}\n")
         return 1
     if as_json:
-        dump_json(_detail_json(detail), out)
+        dump_json(detail_json(detail, when), out)
         return 0
     m, codec = detail.message, detail.message.charset or "utf-8"
     w = out.write

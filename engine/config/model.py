@@ -101,6 +101,13 @@ class HttpListenerConfig:
     # `required`: every route but the public ones needs a credential (engine.security.
     # permissions); `none` (development profile only) serves everyone as admin.
     auth: Literal["required", "none"] = "required"
+    # `fhir`: the FHIR API, fed to the listener's route; `admin`: the admin API and console,
+    # /metrics and /health (engine.api). A listener serving only `admin` has no route.
+    serve: tuple[str, ...] = ("fhir",)
+
+    @property
+    def fhir(self) -> bool:
+        return "fhir" in self.serve
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,14 @@ HTTP_LISTENER = _closed(
             "enum": ["required", "none"],
             "x-expected": "required (the default) or none (development profile only)",
         },
+        "serve": {
+            "type": "array",
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"enum": ["fhir", "admin"]},
+            "x-expected": "a list of fhir (the FHIR API, the default) and/or admin (the admin "
+            "API and console, /metrics and /health)",
+        },
     },
     required=["port"],
 )

@@ -224,12 +224,20 @@ def routes(
     doc: Doc, listeners: Mapping[str, Any], routing: Mapping[str, Any], channels: set[str],
     problems: list[ConfigProblem],
 ) -> None:
-    """Routes name existing listeners and channels, once each; every listener has a route."""
+    """Routes name existing listeners and channels, once each; every listener that takes
+    messages has a route, and one that takes none (an HTTP listener serving only `admin`)
+    has none."""
     for listener, names in routing.items():
         if listener not in listeners:
             problems.append(ConfigProblem(
                 doc.key_at(("routes", listener)),
                 f"listener '{listener}' does not exist (listeners: {_listing(listeners)})",
+            ))
+        elif not _takes_messages(listeners[listener]):
+            problems.append(ConfigProblem(
+                doc.key_at(("routes", listener)),
+                f"listener '{listener}' serves only admin: it takes no messages, so it has no "
+                "route (add fhir to its serve: list, or remove this entry)",
             ))
         seen: set[str] = set()
         for i, name in enumerate(names if isinstance(names, list) else []):
@@ -246,12 +254,21 @@ def routes(
                 ))
             seen.add(name)
     for listener in listeners:
-        if listener not in routing:
+        if listener not in routing and _takes_messages(listeners[listener]):
             problems.append(ConfigProblem(
                 doc.key_at(("listeners", listener)),
                 f"listener '{listener}' has no route (expected an entry '{listener}: "
                 "[<channel>, ...]' under routes)",
             ))
+
+
+def _takes_messages(spec: Any) -> bool:
+    """An MLLP listener, or an HTTP one serving fhir (the default)."""
+    http = spec.get("http") if isinstance(spec, dict) else None
+    if not isinstance(http, dict):
+        return True
+    serve = http.get("serve", ["fhir"])
+    return not isinstance(serve, list) or "fhir" in serve
 
 
 def listener_ports(listeners: Iterable[ListenerConfig], problems: list[ConfigProblem]) -> None:

@@ -39,7 +39,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -57,6 +57,9 @@ from engine.security.identities import Identity
 from engine.security.permissions import HTTP_ROUTES, allowed, only_cancel
 from engine.security.ratelimit import RequestLimits, Throttled
 from engine.security.tls import AllowList, fingerprint, peer_refusal, server_context
+
+if TYPE_CHECKING:
+    from engine.api.admin import AdminApi
 
 log = logging.getLogger("engine.listener")
 
@@ -116,6 +119,7 @@ class HttpListener:
         intake: FhirIntake,
         version: str = "",
         auth: HttpAuth | None = None,
+        admin: AdminApi | None = None,
     ) -> None:
         assert config.http is not None
         self.config = config
@@ -132,21 +136,30 @@ class HttpListener:
         # Replaceable before or while serving (a test injects one with a fake clock).
         self.limits = RequestLimits(self.http.rate_limit)
         self.auth = auth or HttpAuth(config.name, None, None)
-        self.routes = RouteTable(HTTP_ROUTES, self._base)
+        # The routes of what this listener serves; the credential routes on every one.
+        served = {"auth", *self.http.serve}
+        routes = [r for r in HTTP_ROUTES if r.service in served]
+        self.routes = RouteTable(routes, self._base)
         self._handlers: dict[str, Handler] = {
-            "fhir.metadata": self._metadata,
-            "smart.configuration": self._smart,
             "auth.token": self._token,
             "auth.login": self._login,
             "auth.logout": self._logout,
-            "fhir.bundle": self._bundle,
-            "fhir.create": self._create,
-            "fhir.update": self._update,
-            "fhir.read": self._read,
         }
+        if self.http.fhir:
+            self._handlers |= {
+                "fhir.metadata": self._metadata,
+                "smart.configuration": self._smart,
+                "fhir.bundle": self._bundle,
+                "fhir.create": self._create,
+                "fhir.update": self._update,
+                "fhir.read": self._read,
+            }
+        if "admin" in self.http.serve:
+            assert admin is not None, "a listener serving admin needs the engine's admin API"
+            self._handlers |= admin.handlers(self.auth)
         # A route without its handler, or a handler without a route (and so without a
         # permission), is a bug to catch at start, not on the first request.
-        assert set(self._handlers) == {r.name for r in HTTP_ROUTES}
+        assert set(self._handlers) == {r.name for r in routes}
 
     @property
     def port(self) -> int:
@@ -168,8 +181,9 @@ class HttpListener:
         # handshake (engine.listeners.http_gate says why).
         await self.door.open(self.http.host, self.http.port, handler, self.ssl)
         scheme = "http" if self.ssl is None else "https"
-        log.info("listener %s: FHIR on %s://%s:%d%s", self.config.name, scheme,
-                 self.http.host, self.port, self._base)
+        log.info("listener %s: %s on %s://%s:%d%s", self.config.name,
+                 " and ".join(s.upper() if s == "fhir" else s for s in self.http.serve), scheme,
+                 self.http.host, self.port, self._base if self.http.fhir else "")
 
     async def stop(self) -> None:
         """Stop accepting; requests in progress finish (and get their answer) first."""

@@ -14,6 +14,7 @@ import signal
 from collections.abc import Callable
 
 from engine import __version__
+from engine.api.admin import AdminApi
 from engine.config.model import DestinationConfig, EngineConfig, ListenerConfig
 from engine.destinations import build as build_destination
 from engine.destinations.base import Destination
@@ -76,10 +77,11 @@ class Engine:
             self.intake.control_ids,
         )
         self.security = security or SecurityServices(config)
+        admin = AdminApi(self)
         self.listeners: dict[str, MllpListener | HttpListener] = {
             name: MllpListener(cfg, self.intake)
             if cfg.mllp is not None
-            else HttpListener(cfg, self.fhir_intake, __version__, self._auth(cfg))
+            else HttpListener(cfg, self.fhir_intake, __version__, self._auth(cfg), admin)
             for name, cfg in config.listeners.items()
         }
         self._stopped = asyncio.Event()

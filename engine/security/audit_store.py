@@ -286,6 +286,11 @@ class AuditLog:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.store.append, actor, event)
 
+    async def search(self, **filters: Any) -> list[AuditRecord]:
+        """`AuditStore.search` on the appends' thread (the connection is that thread's)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: self.store.search(**filters))
+
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self.store.close()

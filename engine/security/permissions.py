@@ -35,14 +35,16 @@ class Permission(StrEnum):
     IDENTITIES = "identities"  # users, API clients and keys
     KEYS = "keys"  # at-rest encryption keys
     CONFIGURE = "configure"  # reload the configuration
+    STATUS = "status"  # channels, listeners and their counters (no PHI)
     SESSION = "session"  # end one's own session (any authenticated caller)
 
 
 GRANTS: dict[str, frozenset[Permission]] = {
     "admin": frozenset(Permission),
     "operator": frozenset({Permission.READ, Permission.SEARCH, Permission.RETRY,
-                           Permission.CANCEL, Permission.SESSION}),
-    "viewer": frozenset({Permission.READ, Permission.SEARCH, Permission.SESSION}),
+                           Permission.CANCEL, Permission.STATUS, Permission.SESSION}),
+    "viewer": frozenset({Permission.READ, Permission.SEARCH, Permission.STATUS,
+                         Permission.SESSION}),
     "system": frozenset({Permission.SEND, Permission.SESSION}),
     "auditor": frozenset({Permission.AUDIT, Permission.SESSION}),
 }  # fmt: skip
@@ -80,6 +82,13 @@ class Route:
     def public(self) -> bool:
         return not self.needs
 
+    @property
+    def service(self) -> str:
+        """What serves it: `auth` (every HTTP listener), `fhir` or `admin` (the listeners
+        whose `serve:` names it), from the name's first word."""
+        head = self.name.split(".", 1)[0]
+        return "auth" if head == "auth" else "fhir" if head in ("fhir", "smart") else "admin"
+
 
 HTTP_ROUTES: tuple[Route, ...] = (
     Route("fhir.metadata", "GET", "{base}/metadata", PUBLIC),
@@ -91,6 +100,18 @@ HTTP_ROUTES: tuple[Route, ...] = (
     Route("fhir.create", "POST", "{base}/Appointment", (Permission.SEND,)),
     Route("fhir.update", "PUT", "{base}/Appointment/{id}", (Permission.SEND, Permission.CANCEL)),
     Route("fhir.read", "GET", "{base}/Appointment/{id}", (Permission.READ,)),
+    # The admin API (engine.api.admin); its OpenAPI document describes exactly these.
+    Route("api.openapi", "GET", "/api/openapi.json", PUBLIC),
+    Route("api.channels", "GET", "/api/channels", (Permission.STATUS,)),
+    Route("api.listeners", "GET", "/api/listeners", (Permission.STATUS,)),
+    # Searches go by POST: a filter (a patient id) must not travel in a URL.
+    Route("api.messages.search", "POST", "/api/messages/search", (Permission.SEARCH,)),
+    Route("api.message", "GET", "/api/messages/{id}", (Permission.READ,)),
+    Route("api.deliveries.failed", "GET", "/api/deliveries/failed", (Permission.READ,)),
+    Route("api.deliveries.retry", "POST", "/api/deliveries/retry", (Permission.RETRY,)),
+    Route("api.deliveries.discard", "POST", "/api/deliveries/discard", (Permission.RETRY,)),
+    Route("api.replay", "POST", "/api/replay", (Permission.REPLAY,)),
+    Route("api.audit.search", "POST", "/api/audit/search", (Permission.AUDIT,)),
 )
 
 # Every CLI command, by its words (`"audit search"`). Subcommand groups list each verb.

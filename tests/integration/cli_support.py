@@ -223,9 +223,10 @@ def example_copy(root: Path, retry: str = FAST_RETRY) -> Site:
     for name in ("channels", "transforms", "samples"):
         shutil.copytree(PROJECT / name, root / name)
     shutil.copy(PROJECT / "routes.yaml", root / "routes.yaml")
-    listen, http, ehr_port, fhir_port, webhooks_port = free_ports(5)
+    listen, http, ehr_port, fhir_port, webhooks_port, admin = free_ports(6)
     patch(root / "routes.yaml", r"\bport: 2575\b", f"port: {listen}")
     patch(root / "routes.yaml", r"\bport: 8080\b", f"port: {http}")
+    patch(root / "routes.yaml", r"\bport: 8081\b", f"port: {admin}")
     for channel in (CHANNEL, BOOKINGS_CHANNEL):  # one clinic EHR takes both MLLP feeds
         patch(root / channel, r"\bport: 6661\b", f"port: {ehr_port}")
     patch(root / CHANNEL, r"retry: \{[^}]*\}", retry)

@@ -35,12 +35,14 @@ def write_fhir_config(
     max_body: str = "64KiB",
     ack: str = "processed",
     auth: str = "none",
+    serve: tuple[str, ...] = ("fhir",),
 ) -> Path:
     """FHIR semantics are tested with `auth: none` (development profile); `auth="required"`
     gives the production profile, as test_auth.py uses."""
     write_channels(root, channels)
     listeners: dict[str, Any] = {
-        "api": {"http": {"port": http_port, "max_body_bytes": max_body, "auth": auth},
+        "api": {"http": {"port": http_port, "max_body_bytes": max_body, "auth": auth,
+                         "serve": list(serve)},
                 "ack": ack}
     }
     if mllp_port is not None:

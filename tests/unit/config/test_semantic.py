@@ -47,6 +47,25 @@ def test_every_listener_needs_a_route(cfg: ConfigDir) -> None:
     ]
 
 
+def test_a_listener_serving_only_admin_takes_no_route(cfg: ConfigDir) -> None:
+    cfg.routes("""\
+        security: {profile: development}
+        listeners:
+          epic-siu: {mllp: {port: 2575}}
+          console: {http: {port: 8081, serve: [admin]}}
+          both: {http: {port: 8082, serve: [fhir, admin]}}
+        routes:
+          epic-siu: [siu-to-clinic-ehr]
+          console: [siu-to-clinic-ehr]
+        """)
+    assert cfg.problems() == [
+        "routes.yaml:5:3: listener 'both' has no route (expected an entry 'both: "
+        "[<channel>, ...]' under routes)",
+        "routes.yaml:8:3: listener 'console' serves only admin: it takes no messages, so it "
+        "has no route (add fhir to its serve: list, or remove this entry)",
+    ]
+
+
 def test_two_listeners_on_one_port(cfg: ConfigDir) -> None:
     cfg.routes("""\
         listeners:

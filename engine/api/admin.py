@@ -1,0 +1,336 @@
+"""The admin REST API: one handler per `api.*` route of engine.security.permissions.
+
+The HTTP listener has already matched the route, authenticated the caller and checked its
+role when a handler runs (engine.listeners.http); a handler parses the JSON body, does the
+work against the running engine's store and configuration, records the audit event and
+answers JSON.
+
+Rules it keeps:
+- What shows PHI (a search, a message, the failed queue, a replay) is audited before the
+  answer is sent; when the audit cannot be written, nothing is shown (503).
+- Searches take their filter in a POST body, never in the URL (a patient id is PHI).
+- A body that is not what the endpoint expects is a 400 OperationOutcome naming the field;
+  nothing quotes the body back.
+- A replay takes at most `REPLAY_MAX` messages per request and one runs at a time (409 for
+  a second): a bulk replay cannot flood a destination faster than one request's worth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from engine.api.bodies import (
+    PAGE_MAX,
+    BadRequest,
+    ids_of,
+    json_object,
+    limit_of,
+    message_filter,
+    only,
+    text_of,
+    time_of,
+)
+from engine.api.openapi import document
+from engine.fhir.rest import FhirAnswer, fail
+from engine.listeners.http_auth import HttpAuth
+from engine.runtime.replay import Replayer, ReplayPlan
+from engine.security.audit import Action
+from engine.security.identities import Identity
+from engine.store.views import detail_json, message_json
+
+if TYPE_CHECKING:
+    from engine.runtime.engine import Engine
+
+log = logging.getLogger("engine.api")
+
+Handler = Callable[[web.Request, Identity | None, str], Awaitable[web.Response]]
+
+REPLAY_MAX = 1000
+
+
+def iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")
+
+
+def answer(status: int, body: Any) -> web.Response:
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return web.Response(status=status, body=data, headers={
+        "Content-Type": "application/json; charset=utf-8", "Server": "engine",
+        "Cache-Control": "no-store"})  # fmt: skip
+
+
+def problem(result: FhirAnswer) -> web.Response:
+    return answer(result.status, result.outcome)
+
+
+class AdminApi:
+    """The handlers of the admin routes, over one running engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._replaying = asyncio.Lock()
+
+    def handlers(self, auth: HttpAuth) -> dict[str, Handler]:
+        """The handlers of one listener, recording through its `auth` (whose audit
+        records name that listener's caller and address)."""
+        bound = _Bound(self, auth)
+        return {
+            "api.openapi": bound.openapi,
+            "api.channels": bound.channels,
+            "api.listeners": bound.listeners,
+            "api.messages.search": bound.search,
+            "api.message": bound.message,
+            "api.deliveries.failed": bound.failed,
+            "api.deliveries.retry": bound.retry,
+            "api.deliveries.discard": bound.discard,
+            "api.replay": bound.replay,
+            "api.audit.search": bound.audit_search,
+        }
+
+
+class _Bound:
+    def __init__(self, api: AdminApi, auth: HttpAuth) -> None:
+        self.api = api
+        self.engine = api.engine
+        self.auth = auth
+
+    async def _audit(
+        self, request: web.Request, who: Identity | None, action: Action, what: str,
+        outcome: int = 0, **entities: Any,
+    ) -> web.Response | None:
+        """Record; a 503 to answer instead when the record cannot be written."""
+        try:
+            await self.auth.record(request, who, action, what, outcome, **entities)
+        except Exception as exc:
+            log.error("admin API: audit failed: %s", type(exc).__name__)
+            return problem(fail(503, "transient", "the action could not be audited"))
+        return None
+
+    # -- status ------------------------------------------------------------------------
+
+    async def openapi(self, request: web.Request, _: Identity | None, __: str) -> web.Response:
+        return answer(200, document(f"{request.scheme}://{request.host}"))
+
+    async def channels(self, request: web.Request, _: Identity | None, __: str) -> web.Response:
+        config = self.engine.config
+        listeners_of: dict[str, list[str]] = {}
+        for listener, names in config.routes.items():
+            for name in names:
+                listeners_of.setdefault(name, []).append(listener)
+        body = [
+            {
+                "name": c.name,
+                "listeners": listeners_of.get(c.name, []),
+                "description": c.description,
+                "accept": list(c.accept_types),
+                "conflicts": c.conflicts,
+                "destinations": [
+                    {"name": d.name, "kind": d.kind} for d in c.destinations
+                ],
+            }
+            for c in config.channels.values()
+        ]
+        return answer(200, {"channels": body})
+
+    async def listeners(self, request: web.Request, _: Identity | None, __: str) -> web.Response:
+        body = []
+        for name, listener in self.engine.listeners.items():
+            cfg = listener.config
+            kind = "mllp" if cfg.mllp is not None else "http"
+            settings = cfg.mllp or cfg.http
+            assert settings is not None
+            body.append({
+                "name": name,
+                "kind": kind,
+                "host": settings.host,
+                "port": settings.port,
+                "tls": settings.tls is not None,
+                "serve": list(cfg.http.serve) if cfg.http is not None else ["messages"],
+                "stats": dataclasses.asdict(listener.stats),
+            })
+        return answer(200, {"listeners": body})
+
+    # -- messages ----------------------------------------------------------------------
+
+    async def search(self, request: web.Request, who: Identity | None, _: str) -> web.Response:
+        try:
+            body = await json_object(request)
+            flt = message_filter(body)
+        except BadRequest as exc:
+            return problem(fail(400, "invalid", str(exc)))
+        rows = await self.engine.store.search(flt)
+        query = {k: v for k, v in dataclasses.asdict(flt).items() if v is not None}
+        refused = await self._audit(
+            request, who, "E", "POST api.messages.search", query=query, count=len(rows),
+            message_ids=tuple(r.id for r in rows),
+            patient_ids=tuple(dict.fromkeys(p for r in rows for p in r.keys.patient_ids)),
+            appointment_ids=tuple(dict.fromkeys(a for r in rows for a in r.keys.appointment_ids)),
+        )  # fmt: skip
+        if refused is not None:
+            return refused
+        more = len(rows) == flt.limit and rows
+        return answer(200, {
+            "messages": [message_json(r, iso) for r in rows],
+            "next_before_id": rows[-1].id if more else None,
+        })  # fmt: skip
+
+    async def message(self, request: web.Request, who: Identity | None, id_: str) -> web.Response:
+        if not id_.isdigit():
+            return problem(fail(404, "not-found", "no such message"))
+        detail = await self.engine.store.get(int(id_))
+        refused = await self._audit(
+            request, who, "R", "GET api.message", 0 if detail else 4,
+            message_ids=(int(id_),),
+            patient_ids=detail.message.keys.patient_ids if detail else (),
+            appointment_ids=detail.message.keys.appointment_ids if detail else (),
+        )  # fmt: skip
+        if refused is not None:
+            return refused
+        if detail is None:
+            return problem(fail(404, "not-found", "no such message"))
+        return answer(200, detail_json(detail, iso))
+
+    # -- the failed-sync queue ---------------------------------------------------------
+
+    async def failed(self, request: web.Request, who: Identity | None, _: str) -> web.Response:
+        destination = request.query.get("destination") or None
+        found = await self.engine.store.deliveries(destination, "failed", PAGE_MAX)
+        refused = await self._audit(
+            request, who, "E", "GET api.deliveries.failed", count=len(found),
+            message_ids=tuple(dict.fromkeys(d.message_id for d in found)),
+            query={"destination": destination} if destination else None,
+        )  # fmt: skip
+        if refused is not None:
+            return refused
+        # Newest failure first; the payload stays on the message page (GET api.message).
+        rows = sorted(found, key=lambda d: d.updated_at, reverse=True)
+        return answer(200, {"deliveries": [
+            {k: v for k, v in dataclasses.asdict(d).items() if k != "payload"}
+            | {"failed_at": iso(d.updated_at)}
+            for d in rows
+        ]})  # fmt: skip
+
+    async def retry(self, request: web.Request, who: Identity | None, _: str) -> web.Response:
+        try:
+            body = await json_object(request)
+            only(body, {"delivery_ids", "destination"})
+            ids = ids_of(body, "delivery_ids")
+            destination = text_of(body, "destination")
+            if bool(ids) == bool(destination):
+                raise BadRequest("give delivery_ids or destination, one of them")
+        except BadRequest as exc:
+            return problem(fail(400, "invalid", str(exc)))
+        store = self.engine.store
+        count = await (store.requeue(ids) if ids else store.requeue_failed(str(destination)))
+        selection = {"delivery_ids": ids} if ids else {"destination": destination}
+        refused = await self._audit(request, who, "E", "POST api.deliveries.retry",
+                                    0 if count else 4, query=selection, count=count)
+        return refused or answer(200, {"requeued": count})
+
+    async def discard(self, request: web.Request, who: Identity | None, _: str) -> web.Response:
+        try:
+            body = await json_object(request)
+            only(body, {"delivery_ids"})
+            ids = ids_of(body, "delivery_ids")
+            if not ids:
+                raise BadRequest("delivery_ids: expected a non-empty list of delivery ids")
+        except BadRequest as exc:
+            return problem(fail(400, "invalid", str(exc)))
+        count = await self.engine.store.discard(ids)
+        refused = await self._audit(request, who, "E", "POST api.deliveries.discard",
+                                    0 if count else 4, query={"delivery_ids": ids}, count=count)
+        return refused or answer(200, {"discarded": count})
+
+    # -- replay ------------------------------------------------------------------------
+
+    async def replay(self, request: web.Request, who: Identity | None, _: str) -> web.Response:
+        try:
+            body = await json_object(request)
+            only(body, {"message_ids", "filter", "to", "dry_run"})
+            ids = ids_of(body, "message_ids")
+            to = text_of(body, "to")
+            dry_run = body.get("dry_run", False)
+            if not isinstance(dry_run, bool):
+                raise BadRequest("dry_run: expected true or false")
+            spec = body.get("filter")
+            if bool(ids) == (spec is not None):
+                raise BadRequest("give message_ids or filter, one of them")
+            if spec is not None:
+                if not isinstance(spec, dict) or not spec:
+                    raise BadRequest("filter: expected an object with at least one field")
+                flt = message_filter({**spec, "limit": REPLAY_MAX + 1})
+        except BadRequest as exc:
+            return problem(fail(400, "invalid", str(exc)))
+        if self.api._replaying.locked():
+            return problem(fail(409, "conflict", "a replay is running; try again when it ends"))
+        async with self.api._replaying:
+            if not ids:
+                rows = await self.engine.store.search(flt)
+                # A duplicate or a replay is a copy of an original the filter finds too.
+                ids = sorted(r.id for r in rows if r.status != "duplicate" and not r.replay_of)
+            if len(ids) > REPLAY_MAX:
+                return problem(fail(400, "too-costly", f"at most {REPLAY_MAX} messages per "
+                                    "replay: narrow the filter or send several requests"))
+            engine = self.engine
+            replayer = Replayer(engine.config, engine.channels, engine.store, engine.clock)
+            try:
+                plans = await replayer.replay(ids, to=to, dry_run=dry_run)
+            except ValueError as exc:  # an unknown destination: the text names only config
+                return problem(fail(400, "invalid", str(exc)))
+        query = {"to": to, "dry_run": dry_run} | ({"filter": spec} if spec else {})
+        refused = await self._audit(request, who, "E", "POST api.replay", message_ids=tuple(ids),
+                                    query=query, count=len(plans))  # fmt: skip
+        return refused or answer(200, {
+            "dry_run": dry_run,
+            "plans": [_plan_json(p) for p in plans],
+            "deliveries": sum(len(p.sends) for p in plans),
+        })  # fmt: skip
+
+    # -- audit -------------------------------------------------------------------------
+
+    async def audit_search(
+        self, request: web.Request, who: Identity | None, _: str
+    ) -> web.Response:
+        log_ = self.engine.security.audit_log
+        if log_ is None:
+            return problem(fail(503, "not-supported", "no audit trail is configured"))
+        try:
+            body = await json_object(request)
+            only(body, {"patient", "user", "action", "since", "until", "limit"})
+            action = text_of(body, "action")
+            if action is not None and action not in ("C", "R", "U", "D", "E"):
+                raise BadRequest("action: expected one of C, R, U, D, E")
+            filters = {
+                "patient": text_of(body, "patient"), "who": text_of(body, "user"),
+                "action": action, "since": time_of(body, "since"), "until": time_of(body, "until"),
+                "limit": limit_of(body),
+            }  # fmt: skip
+        except BadRequest as exc:
+            return problem(fail(400, "invalid", str(exc)))
+        found = await log_.search(**filters)
+        # Searching the trail is itself recorded (who looked at whose records).
+        refused = await self._audit(request, who, "E", "POST api.audit.search",
+                                    query={k: v for k, v in filters.items() if v is not None},
+                                    count=len(found))  # fmt: skip
+        return refused or answer(200, {"records": [
+            r.body() | {"recorded_iso": iso(r.recorded), "hash": r.hash} for r in found]})
+
+
+def _plan_json(plan: ReplayPlan) -> dict[str, Any]:
+    return {
+        "message_id": plan.original,
+        "replay_id": plan.replay_id,
+        "rejected": plan.rejection or None,
+        "channels": [{"channel": o.channel, "status": o.status, "error": o.error or None}
+                     for o in plan.outcomes],
+        "sends": [{"channel": c, "destination": d, "lane": lane or None, "bytes": size}
+                  for c, d, lane, size in plan.sends],
+    }  # fmt: skip

@@ -1,0 +1,124 @@
+"""Request bodies of the admin API: JSON objects read and checked field by field, and the
+message filter a search or a replay takes.
+
+Rule kept: a body that is not what the endpoint takes raises BadRequest with a text naming
+the field and what was expected, never quoting the value (it may be a patient id). The
+filter's fields are MessageFilter's own, read from its type hints, so a filter the store
+learns is a filter the API (and its OpenAPI document) takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from engine.store.base import MessageFilter
+
+PAGE_DEFAULT = 50
+PAGE_MAX = 500
+MAX_IDS = 10_000  # delivery or message ids named in one request
+
+
+class BadRequest(Exception):
+    """The request body is not what the endpoint takes; the text says what is wrong."""
+
+
+async def json_object(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise BadRequest("send application/json")
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        raise BadRequest("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object")
+    return body
+
+
+def only(body: dict[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r} (expected {', '.join(sorted(known))})")
+
+
+def text_of(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise BadRequest(f"{name}: expected a non-empty string")
+    return value
+
+
+def ids_of(body: dict[str, Any], name: str) -> list[int]:
+    value = body.get(name, [])
+    if (not isinstance(value, list) or len(value) > MAX_IDS
+            or not all(type(v) is int and v > 0 for v in value)):
+        raise BadRequest(f"{name}: expected a list of at most {MAX_IDS} positive integers")
+    return list(dict.fromkeys(value))
+
+
+def time_of(body: dict[str, Any], name: str) -> float | None:
+    """Epoch seconds, or an ISO 8601 time with its offset (or Z)."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            if moment.tzinfo is not None:
+                return moment.timestamp()
+    raise BadRequest(f"{name}: expected epoch seconds or an ISO 8601 time with an offset")
+
+
+def limit_of(body: dict[str, Any]) -> int:
+    value = body.get("limit", PAGE_DEFAULT)
+    if type(value) is not int or not 1 <= value <= PAGE_MAX:
+        raise BadRequest(f"limit: expected an integer from 1 to {PAGE_MAX}")
+    return value
+
+
+def filter_fields() -> dict[str, type]:
+    """MessageFilter's fields a request may set, with the JSON type each takes."""
+    hints = typing.get_type_hints(MessageFilter)
+    fields: dict[str, type] = {}
+    for f in dataclasses.fields(MessageFilter):
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        base = args[0] if isinstance(hint, types.UnionType) and len(args) == 1 else hint
+        fields[f.name] = base
+    return fields
+
+
+def message_filter(body: dict[str, Any]) -> MessageFilter:
+    """A MessageFilter from a search body: its fields by name; times as epoch seconds or
+    ISO 8601; `limit` 1..PAGE_MAX (default PAGE_DEFAULT); `before_id` pages."""
+    fields = filter_fields()
+    only(body, set(fields))
+    values: dict[str, Any] = {"limit": limit_of(body)}
+    for name, kind in fields.items():
+        if name == "limit" or body.get(name) is None:
+            continue
+        value = body[name]
+        if name in ("since", "until"):
+            values[name] = time_of(body, name)
+        elif kind is bool:
+            if not isinstance(value, bool):
+                raise BadRequest(f"{name}: expected true or false")
+            values[name] = value
+        elif kind is int:
+            if type(value) is not int or value < 1:
+                raise BadRequest(f"{name}: expected a positive integer")
+            values[name] = value
+        else:
+            values[name] = text_of(body, name)
+    return MessageFilter(**values)

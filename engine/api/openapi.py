@@ -1,0 +1,140 @@
+"""The OpenAPI 3.1 document of the admin API, served at GET /api/openapi.json.
+
+Rule kept: the document describes exactly the `admin` routes of the permission table
+(engine.security.permissions.HTTP_ROUTES): each has an entry in `OPERATIONS`, checked at
+import, so a route cannot exist undocumented nor a documented path go unserved. The roles
+that may call each operation are written into its description from the same table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine import __version__
+from engine.api.bodies import MAX_IDS, PAGE_DEFAULT, PAGE_MAX, filter_fields
+from engine.security.permissions import GRANTS, HTTP_ROUTES, Route
+
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
+_IDS: dict[str, Any] = {"type": "array", "items": {"type": "integer", "minimum": 1},
+                        "maxItems": MAX_IDS}  # fmt: skip
+_TIME: dict[str, Any] = {
+    "oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}],
+    "description": "epoch seconds, or an ISO 8601 time with its offset",
+}
+
+
+def _filter_schema() -> dict[str, Any]:
+    properties: dict[str, Any] = {}
+    for name, kind in filter_fields().items():
+        if name in ("since", "until"):
+            properties[name] = _TIME
+        elif name == "limit":
+            properties[name] = {"type": "integer", "minimum": 1, "maximum": PAGE_MAX,
+                                "default": PAGE_DEFAULT}  # fmt: skip
+        else:
+            properties[name] = {"type": _JSON_TYPES.get(kind, "string")}
+    return {"type": "object", "additionalProperties": False, "properties": properties}
+
+
+def _object(**properties: Any) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "properties": properties}
+
+
+_ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+# route name -> (summary, request body schema or None, answer schema)
+OPERATIONS: dict[str, tuple[str, dict[str, Any] | None, dict[str, Any]]] = {
+    "api.openapi": ("This document", None, _ANY_OBJECT),
+    "api.channels": ("Channels: their listeners, accepted types and destinations", None,
+                     _ANY_OBJECT),
+    "api.listeners": ("Listeners: address, TLS, what they serve, their counters", None,
+                      _ANY_OBJECT),
+    "api.messages.search": (
+        "Search stored messages, newest first; page with before_id = next_before_id",
+        _filter_schema(), _ANY_OBJECT),
+    "api.message": ("One message: raw, ACK, channel outputs, deliveries with their attempts "
+                    "and responses, replays, appointment version", None, _ANY_OBJECT),
+    "api.deliveries.failed": ("The failed-sync queue: failed deliveries, newest failure first, "
+                              "with their last code and error", None, _ANY_OBJECT),
+    "api.deliveries.retry": (
+        "Requeue failed deliveries (by id, or every failed one of a destination)",
+        _object(delivery_ids=_IDS, destination={"type": "string", "minLength": 1}),
+        _object(requeued={"type": "integer"})),
+    "api.deliveries.discard": ("Give up on failed deliveries", _object(delivery_ids=_IDS),
+                               _object(discarded={"type": "integer"})),
+    "api.replay": (
+        "Replay messages through today's channels (by id, or a filter); dry_run plans only",
+        _object(message_ids=_IDS, filter=_filter_schema(),
+                to={"type": "string", "minLength": 1}, dry_run={"type": "boolean"}),
+        _ANY_OBJECT),
+    "api.audit.search": (
+        "Search the audit trail, newest first",
+        _object(patient={"type": "string"}, user={"type": "string"},
+                action={"enum": ["C", "R", "U", "D", "E"]}, since=_TIME, until=_TIME,
+                limit={"type": "integer", "minimum": 1, "maximum": PAGE_MAX}),
+        _ANY_OBJECT),
+}  # fmt: skip
+
+ADMIN_ROUTES: tuple[Route, ...] = tuple(r for r in HTTP_ROUTES if r.service == "admin")
+assert {r.name for r in ADMIN_ROUTES} == set(OPERATIONS), "every admin route is documented"
+
+_ERRORS = {
+    "400": "the body is not what the operation takes (an OperationOutcome names the field)",
+    "401": "no valid credential",
+    "403": "the caller's role may not do this",
+    "404": "no such thing",
+    "409": "a replay is already running",
+    "429": "over the listener's rate limit",
+    "503": "the action could not be audited, so it was not done",
+}
+
+
+def _roles(route: Route) -> str:
+    if route.public:
+        return "Anyone (no credential)."
+    roles = [role for role, held in GRANTS.items() if any(p in held for p in route.needs)]
+    return "Roles: " + ", ".join(roles) + "."
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    summary, request, response = OPERATIONS[route.name]
+    operation: dict[str, Any] = {
+        "operationId": route.name,
+        "summary": summary,
+        "description": _roles(route),
+        "responses": {
+            "200": {"description": "OK",
+                    "content": {"application/json": {"schema": response}}},
+            **{code: {"description": text} for code, text in _ERRORS.items()},
+        },
+    }  # fmt: skip
+    if "{id}" in route.path:
+        operation["parameters"] = [{"name": "id", "in": "path", "required": True,
+                                    "schema": {"type": "integer", "minimum": 1}}]  # fmt: skip
+    if route.name == "api.deliveries.failed":
+        operation["parameters"] = [{"name": "destination", "in": "query", "required": False,
+                                    "schema": {"type": "string"}}]  # fmt: skip
+    if request is not None:
+        operation["requestBody"] = {"required": True,
+                                    "content": {"application/json": {"schema": request}}}
+    if not route.public:
+        operation["security"] = [{"bearer": []}, {"session": []}]
+    return operation
+
+
+def document(server: str) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ADMIN_ROUTES:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "engine admin API", "version": __version__},
+        "servers": [{"url": server}],
+        "paths": paths,
+        "components": {"securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "an API key (ek...) or an access token from /auth/token"},
+            "session": {"type": "apiKey", "in": "cookie", "name": "engine_session",
+                        "description": "from POST /auth/login; changes need X-CSRF-Token"},
+        }},
+    }  # fmt: skip

@@ -1,0 +1,222 @@
+"""The admin API over real HTTP against a running engine (real MLLP feed, real identity file
+and audit trail): the failed-sync queue and a retry once the EHR is back, search paging and
+the patient filter, message detail, replay with a dry run, bad bodies, the OpenAPI document,
+and a listener serving only `admin`. Every route x role is in test_auth.py."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from openapi_spec_validator import validate
+
+from engine.config import load
+from engine.runtime.engine import Engine
+from engine.runtime.security import SecurityServices
+from engine.security import totp
+from engine.security.audit import AuditKey
+from engine.security.audit_store import AuditLog, AuditStore
+from engine.security.identities import Identities
+from engine.security.identities_store import IdentityStore
+from engine.security.permissions import HTTP_ROUTES
+from engine.testing.fake_ehr import FakeEhr
+from engine.testing.mllp_client import MllpClient
+from tests.integration.conftest import channel, eventually, free_port, sample, write_channels
+
+PASSWORD = "correct horse battery staple"
+JSON = {"Content-Type": "application/json"}
+
+
+@dataclass
+class Admin:
+    engine: Engine
+    http: aiohttp.ClientSession
+    origin: str
+    mllp_port: int
+    ehr_port: int
+    trail: AuditStore
+    headers: dict[str, dict[str, str]]  # role -> credential headers
+
+    async def call(self, method: str, path: str, role: str | None, body: Any = None,
+                   content_type: str = "application/json") -> tuple[int, Any]:
+        headers = {**(self.headers[role] if role else {}), "Content-Type": content_type}
+        data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+        async with self.http.request(method, self.origin + path, data=data,
+                                     headers=headers) as response:  # fmt: skip
+            return response.status, await response.json(content_type=None)
+
+    async def send(self, control_id: str, patient: str = "PAT1") -> None:
+        message = sample("siu_s12_new_patient.hl7").replace(b"MSG00001", control_id.encode())
+        message = re.sub(rb"(PID\|1\|\|)[^|^]+", rb"\g<1>" + patient.encode(), message, count=1)
+        client = await MllpClient.connect("127.0.0.1", self.mllp_port)
+        try:
+            assert b"MSA|AA" in await client.send(message)
+        finally:
+            await client.close()
+
+
+@pytest.fixture
+async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
+    mllp_port, http_port, ehr_port = free_port(), free_port(), free_port()
+    write_channels(tmp_path, {"siu": channel(ehr_port, retry={"attempts": 1})})
+    config = {
+        "store": "sqlite:data/engine.db",
+        "listeners": {
+            "feed": {"mllp": {"port": mllp_port}},
+            "console": {"http": {"port": http_port, "serve": ["admin"]}},
+        },
+        "routes": {"feed": ["siu"]},
+    }
+    (tmp_path / "routes.yaml").write_text(yaml.safe_dump(config))
+    store = IdentityStore(tmp_path / "identities.db")
+    ids = Identities(store)
+    admin_secret = ids.add_user("root1", "admin", PASSWORD)
+    assert admin_secret is not None
+    trail = AuditStore(tmp_path / "audit.db",
+                       AuditKey.from_bytes(secrets.token_hex(32).encode(), "test"))
+    loaded = load(tmp_path / "routes.yaml")
+    security = SecurityServices(loaded, identities=ids, audit=AuditLog(trail))
+    engine = Engine(loaded, poll_interval=0.05, security=security)
+    await engine.start()
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            site = Admin(engine, http, f"http://127.0.0.1:{http_port}", mllp_port, ehr_port,
+                         trail, {})  # fmt: skip
+            for role in ("operator", "viewer", "auditor"):
+                site.headers[role] = {"Authorization": "Bearer "
+                                      + ids.create_key("root1", role, 3600).secret}
+            code = totp.code_at(admin_secret, security.access.now())  # type: ignore[union-attr]
+            async with http.post(site.origin + "/auth/login", json={
+                    "user": "root1", "password": PASSWORD, "totp": code}) as response:
+                assert response.status == 200, await response.text()
+                body = await response.json()
+                cookie = response.cookies["engine_session"].value
+            site.headers["admin"] = {"Cookie": f"engine_session={cookie}",
+                                     "X-CSRF-Token": body["csrf_token"]}
+            yield site
+    finally:
+        await engine.stop()
+        store.close()
+
+
+async def failed_queue(admin: Admin) -> list[dict[str, Any]]:
+    status, body = await admin.call("GET", "/api/deliveries/failed", "operator")
+    assert status == 200, body
+    return list(body["deliveries"])
+
+
+async def test_a_failed_delivery_is_retried_once_the_ehr_is_back(admin: Admin) -> None:
+    await admin.send("FAIL0001")  # nothing listens on the EHR's port yet
+
+    async def failed() -> bool:
+        return len(await failed_queue(admin)) == 1
+
+    await eventually(failed, what="the delivery failed")
+    [row] = await failed_queue(admin)
+    assert row["destination"] == "clinic-ehr" and row["status"] == "failed"
+    assert row["last_error"] and "payload" not in row
+    async with FakeEhr(port=admin.ehr_port) as ehr:
+        status, body = await admin.call("POST", "/api/deliveries/retry", "operator",
+                                        {"delivery_ids": [row["id"]]})
+        assert status == 200 and body == {"requeued": 1}
+
+        async def sent() -> bool:
+            status, detail = await admin.call("GET", f"/api/messages/{row['message_id']}",
+                                              "viewer")  # fmt: skip
+            return status == 200 and detail["deliveries"][0]["status"] == "sent"
+
+        await eventually(sent, what="the retried delivery sent")
+        assert len(ehr.received) == 1
+    assert await failed_queue(admin) == []
+    done = [(r.actor.role, r.event.what, r.event.outcome) for r in admin.trail.search()]
+    assert ("operator", "POST api.deliveries.retry", 0) in done
+    assert ("viewer", "GET api.message", 0) in done
+
+
+async def test_search_pages_newest_first_and_finds_by_patient(admin: Admin) -> None:
+    for n in range(5):
+        await admin.send(f"PAGE000{n}", patient="PATX" if n == 2 else "PATY")
+    status, first = await admin.call("POST", "/api/messages/search", "viewer", {"limit": 2})
+    assert status == 200, first
+    ids = [m["id"] for m in first["messages"]]
+    assert ids == sorted(ids, reverse=True) and first["next_before_id"] == ids[-1]
+    status, second = await admin.call("POST", "/api/messages/search", "viewer",
+                                      {"limit": 2, "before_id": first["next_before_id"]})
+    assert [m["id"] for m in second["messages"]] == [ids[-1] - 1, ids[-1] - 2]
+    status, found = await admin.call("POST", "/api/messages/search", "viewer",
+                                     {"patient_id": "PATX"})  # fmt: skip
+    assert [m["keys"]["control_id"] for m in found["messages"]] == ["PAGE0002"]
+    assert found["next_before_id"] is None
+    [record] = [r for r in admin.trail.search(patient="PATX")
+                if r.event.query and "patient_id" in r.event.query]
+    assert record.event.count == 1 and record.event.query == {"patient_id": "PATX", "limit": 50}
+
+
+async def test_a_replay_is_previewed_then_queued(admin: Admin) -> None:
+    async with FakeEhr(port=admin.ehr_port) as ehr:
+        await admin.send("RPL00001")
+        await ehr.wait_until(lambda: len(ehr.received) == 1)
+        status, found = await admin.call("POST", "/api/messages/search", "admin",
+                                         {"control_id": "RPL00001"})  # fmt: skip
+        assert status == 200, found
+        [message] = found["messages"]
+        request = {"message_ids": [message["id"]], "dry_run": True}
+        status, preview = await admin.call("POST", "/api/replay", "admin", request)
+        assert status == 200, preview
+        [plan] = preview["plans"]
+        assert plan["replay_id"] is None and plan["sends"][0]["destination"] == "clinic-ehr"
+        status, _ = await admin.call("POST", "/api/replay", "operator", request)
+        assert status == 403
+        status, done = await admin.call("POST", "/api/replay", "admin",
+                                        {**request, "dry_run": False})  # fmt: skip
+        assert status == 200 and done["plans"][0]["replay_id"], done
+        await ehr.wait_until(lambda: len(ehr.received) == 2)
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"patient_id": 12345}, "patient_id"),
+    ({"no_such_filter": "x"}, "no_such_filter"),
+    ({"limit": 100000}, "limit"),
+    ({"since": "yesterday"}, "since"),
+    ([1, 2], "object"),
+])  # fmt: skip
+async def test_a_bad_search_body_is_400_naming_the_field(
+    admin: Admin, body: Any, field: str
+) -> None:
+    status, outcome = await admin.call("POST", "/api/messages/search", "viewer", body)
+    assert status == 400 and outcome["resourceType"] == "OperationOutcome"
+    text = outcome["issue"][0]["diagnostics"]
+    assert field in text and "12345" not in text
+
+
+async def test_a_search_needs_json(admin: Admin) -> None:
+    status, _ = await admin.call("POST", "/api/messages/search", "viewer", b"{}",
+                                 content_type="text/plain")  # fmt: skip
+    assert status == 400
+
+
+async def test_the_openapi_document_validates_and_names_every_admin_route(admin: Admin) -> None:
+    status, document = await admin.call("GET", "/api/openapi.json", None)
+    assert status == 200
+    validate(document)
+    described = {(method.upper(), path) for path, operations in document["paths"].items()
+                 for method in operations}  # fmt: skip
+    served = {(r.method, r.path) for r in HTTP_ROUTES if r.service == "admin"}
+    assert described == served
+
+
+async def test_a_listener_serving_only_admin_has_no_fhir_api(admin: Admin) -> None:
+    status, _ = await admin.call("GET", "/fhir/metadata", None)
+    assert status == 404
+    status, body = await admin.call("GET", "/api/listeners", "viewer")
+    assert status == 200
+    kinds = {row["name"]: row["serve"] for row in body["listeners"]}
+    assert kinds == {"feed": ["messages"], "console": ["admin"]}
