@@ -35,6 +35,7 @@ from engine.api.bodies import (
     limit_of,
     message_filter,
     only,
+    row_id,
     text_of,
     time_of,
 )
@@ -183,12 +184,13 @@ class _Bound:
         })  # fmt: skip
 
     async def message(self, request: web.Request, who: Identity | None, id_: str) -> web.Response:
-        if not id_.isdigit():
+        message_id = row_id(id_)
+        if message_id is None:
             return problem(fail(404, "not-found", "no such message"))
-        detail = await self.engine.store.get(int(id_))
+        detail = await self.engine.store.get(message_id)
         refused = await self._audit(
             request, who, "R", "GET api.message", 0 if detail else 4,
-            message_ids=(int(id_),),
+            message_ids=(message_id,),
             patient_ids=detail.message.keys.patient_ids if detail else (),
             appointment_ids=detail.message.keys.appointment_ids if detail else (),
         )  # fmt: skip

@@ -23,6 +23,15 @@ from engine.store.base import MessageFilter
 PAGE_DEFAULT = 50
 PAGE_MAX = 500
 MAX_IDS = 10_000  # delivery or message ids named in one request
+MAX_ROW_ID = 2**63 - 1  # SQLite's largest rowid: a larger id names nothing
+
+
+def row_id(text: str) -> int | None:
+    """A path's id as a row id; None when it cannot name one."""
+    if not text.isdigit() or len(text) > 19:
+        return None
+    value = int(text)
+    return value if 1 <= value <= MAX_ROW_ID else None
 
 
 class BadRequest(Exception):
@@ -57,7 +66,7 @@ def text_of(body: dict[str, Any], name: str) -> str | None:
 def ids_of(body: dict[str, Any], name: str) -> list[int]:
     value = body.get(name, [])
     if (not isinstance(value, list) or len(value) > MAX_IDS
-            or not all(type(v) is int and v > 0 for v in value)):
+            or not all(type(v) is int and 0 < v <= MAX_ROW_ID for v in value)):
         raise BadRequest(f"{name}: expected a list of at most {MAX_IDS} positive integers")
     return list(dict.fromkeys(value))
 
@@ -87,15 +96,15 @@ def limit_of(body: dict[str, Any]) -> int:
     return value
 
 
-def filter_fields() -> dict[str, type]:
+def filter_fields() -> dict[str, Any]:
     """MessageFilter's fields a request may set, with the JSON type each takes."""
     hints = typing.get_type_hints(MessageFilter)
-    fields: dict[str, type] = {}
+    fields: dict[str, Any] = {}
     for f in dataclasses.fields(MessageFilter):
         hint = hints[f.name]
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        base = args[0] if isinstance(hint, types.UnionType) and len(args) == 1 else hint
-        fields[f.name] = base
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        fields[f.name] = args[0] if union and len(args) == 1 else hint
     return fields
 
 
@@ -111,12 +120,16 @@ def message_filter(body: dict[str, Any]) -> MessageFilter:
         value = body[name]
         if name in ("since", "until"):
             values[name] = time_of(body, name)
+        elif typing.get_origin(kind) is typing.Literal:
+            if value not in typing.get_args(kind):
+                raise BadRequest(f"{name}: expected one of {', '.join(typing.get_args(kind))}")
+            values[name] = value
         elif kind is bool:
             if not isinstance(value, bool):
                 raise BadRequest(f"{name}: expected true or false")
             values[name] = value
         elif kind is int:
-            if type(value) is not int or value < 1:
+            if type(value) is not int or not 1 <= value <= MAX_ROW_ID:
                 raise BadRequest(f"{name}: expected a positive integer")
             values[name] = value
         else:

@@ -8,15 +8,16 @@ that may call each operation are written into its description from the same tabl
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 from engine import __version__
-from engine.api.bodies import MAX_IDS, PAGE_DEFAULT, PAGE_MAX, filter_fields
+from engine.api.bodies import MAX_IDS, MAX_ROW_ID, PAGE_DEFAULT, PAGE_MAX, filter_fields
 from engine.security.permissions import GRANTS, HTTP_ROUTES, Route
 
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
-_IDS: dict[str, Any] = {"type": "array", "items": {"type": "integer", "minimum": 1},
-                        "maxItems": MAX_IDS}  # fmt: skip
+_ID: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": MAX_ROW_ID}
+_IDS: dict[str, Any] = {"type": "array", "items": _ID, "maxItems": MAX_IDS}
 _TIME: dict[str, Any] = {
     "oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}],
     "description": "epoch seconds, or an ISO 8601 time with its offset",
@@ -28,9 +29,13 @@ def _filter_schema() -> dict[str, Any]:
     for name, kind in filter_fields().items():
         if name in ("since", "until"):
             properties[name] = _TIME
+        elif name == "before_id":
+            properties[name] = _ID
         elif name == "limit":
             properties[name] = {"type": "integer", "minimum": 1, "maximum": PAGE_MAX,
                                 "default": PAGE_DEFAULT}  # fmt: skip
+        elif typing.get_origin(kind) is typing.Literal:
+            properties[name] = {"enum": list(typing.get_args(kind))}
         else:
             properties[name] = {"type": _JSON_TYPES.get(kind, "string")}
     return {"type": "object", "additionalProperties": False, "properties": properties}
@@ -110,7 +115,7 @@ def _operation(route: Route) -> dict[str, Any]:
     }  # fmt: skip
     if "{id}" in route.path:
         operation["parameters"] = [{"name": "id", "in": "path", "required": True,
-                                    "schema": {"type": "integer", "minimum": 1}}]  # fmt: skip
+                                    "schema": _ID}]  # fmt: skip
     if route.name == "api.deliveries.failed":
         operation["parameters"] = [{"name": "destination", "in": "query", "required": False,
                                     "schema": {"type": "string"}}]  # fmt: skip

@@ -259,10 +259,11 @@ class MessageDetail:
 
 @dataclass(frozen=True)
 class MessageFilter:
-    status: str | None = None
+    status: MessageStatus | None = None
     channel: str | None = None  # has a result for this channel
     destination: str | None = None  # has a delivery to this destination
-    delivery_status: str | None = None  # with destination (or alone): deliveries in this status
+    # With destination (or alone): deliveries in this status.
+    delivery_status: DeliveryStatus | None = None
     since: float | None = None
     until: float | None = None
     control_id: str | None = None
