@@ -259,9 +259,18 @@ SECURITY = _closed(
     }
 )
 
+# `reload:` of routes.yaml (engine.runtime.reload_watch): watching is off unless written.
+RELOAD = _closed(
+    {
+        "watch": {"type": "boolean"},
+        "interval": _POSITIVE_DURATION,
+    }
+)
+
 ROUTES = _closed(
     {
         "store": {"type": "string", "minLength": 1},
+        "reload": RELOAD,
         # Checked against SECURITY on its own (engine.config.security), so the commands
         # that read only routes.yaml's security settings report the same problems.
         "security": {"type": "object", "x-expected": "a mapping like {profile: production}"},
