@@ -23,7 +23,7 @@ from engine.commands.credentials import CliCaller
 from engine.config import ConfigError, load
 from engine.config.check import problem_lines
 from engine.runtime.instance_lock import InstanceLock
-from engine.runtime.reload import FAILED, ReloadResult, refused
+from engine.runtime.reload import FAILED, ReloadResult, problem_count, refused
 from engine.runtime.reload_control import ReloadRequests
 
 POLL = 0.05  # seconds between looks for the engine's answer
@@ -40,8 +40,7 @@ def run(args: argparse.Namespace, caller: CliCaller, out: TextIO) -> int:
         compile_config(config)
     except ConfigError as exc:
         lines = problem_lines(exc)
-        audit(refused(f"{len(lines)} configuration problems, found by engine reload").
-              audit_event("cli"))  # fmt: skip
+        audit(refused(f"{problem_count(len(lines))}, found by engine reload").audit_event("cli"))
         raise CommandError("the configuration is not valid; nothing was reloaded:\n"
                            + "\n".join(lines)) from exc  # fmt: skip
     except Exception as exc:  # a checked configuration should compile: say what, not a trace

@@ -91,6 +91,10 @@ def refused(summary: str, problems: list[str] | tuple[str, ...] = (), outcome: i
     return ReloadResult(False, outcome, summary, tuple(problems))
 
 
+def problem_count(n: int) -> str:
+    return f"{n} configuration problem{'s' if n != 1 else ''}"
+
+
 @dataclass
 class Prepared:
     """A new configuration, checked and compiled, and the files it was read from."""
@@ -215,9 +219,7 @@ class Reloader:
         try:
             new = await asyncio.to_thread(prepare, old.routes_file)
         except ConfigError as exc:
-            n = len(exc.problems)
-            return refused(f"{n} configuration problem{'s' if n != 1 else ''}",
-                           problem_lines(exc))  # fmt: skip
+            return refused(problem_count(len(exc.problems)), problem_lines(exc))
         except Exception as exc:  # compiling a checked configuration should not fail
             log.exception("reload: compiling the new configuration failed")
             return refused("compiling the channels failed", [type(exc).__name__], FAILED)
