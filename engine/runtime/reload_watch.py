@@ -4,9 +4,11 @@ How: every `interval` (1 s by default) the files of the configuration (engine.ru
 config_files) are stat'ed, and a change is acted on once a further poll sees them as the
 previous one did (debounce: an editor saving several files, or writing one in steps, makes
 one reload, on the finished files). Polling was chosen over inotify (`watchfiles`): a poll is
-a few dozen stat calls, measured at tens of microseconds for the example configuration
-(`python benchmarks/reload_watch_bench.py`), it works the same on every filesystem (network
-mounts, containers' bind mounts), and it needs no dependency.
+a glob of three folders and a stat per file, measured at about 140 µs for the example's 7
+files (`.venv/bin/python benchmarks/reload_bench.py`), 0.014% of a core at the default
+interval; it works the same on every filesystem (network mounts, containers' bind mounts,
+where inotify events may not arrive), and it needs no dependency. A change is a file's
+modification time (ns) or size, or a file added or removed.
 
 The rule: the baseline is what the last reload read (from any trigger), so a change applied
 by `engine reload` is not reloaded a second time, and a refused change is not retried until
