@@ -270,7 +270,6 @@ RELOAD = _closed(
 ROUTES = _closed(
     {
         "store": {"type": "string", "minLength": 1},
-        "reload": RELOAD,
         # Checked against SECURITY on its own (engine.config.security), so the commands
         # that read only routes.yaml's security settings report the same problems.
         "security": {"type": "object", "x-expected": "a mapping like {profile: production}"},
@@ -296,6 +295,7 @@ ROUTES = _closed(
                 "items": {"type": "string", "minLength": 1},
             },
         },
+        "reload": RELOAD,
     },
     required=["listeners", "routes"],
 )
