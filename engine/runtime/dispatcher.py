@@ -142,8 +142,8 @@ class Dispatcher:
             runner = self.runners[name]
             if not runner.idle or await self._store.deliveries(name, "queued", limit=1):
                 continue
-            if name not in self.retiring or self.runners.get(name) is not runner:
-                continue  # added back by a reload meanwhile
+            if name not in self.retiring or self.runners.get(name) is not runner or not runner.idle:
+                continue  # added back by a reload, or given a delivery, meanwhile
             self.retiring.discard(name)
             del self.runners[name]
             self._retired[name] = runner.config

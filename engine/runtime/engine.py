@@ -30,7 +30,14 @@ from engine.runtime.dispatcher import Dispatcher
 from engine.runtime.fhir_intake import FhirIntake
 from engine.runtime.instance_lock import InstanceLock
 from engine.runtime.intake import Intake
-from engine.runtime.reload import SIGNAL_ACTOR, WATCH_ACTOR, Reloader, ReloadResult
+from engine.runtime.reload import (
+    FAILED,
+    SIGNAL_ACTOR,
+    WATCH_ACTOR,
+    Reloader,
+    ReloadResult,
+    refused,
+)
 from engine.runtime.reload_control import ReloadRequests
 from engine.runtime.reload_watch import ConfigWatch, Snapshot
 from engine.runtime.security import SecurityServices
@@ -183,7 +190,12 @@ class Engine:
         requests = self.requests
         nonces = requests.take() if requests is not None else []
         trigger = "cli" if nonces else "signal"
-        result = await self.reload(SIGNAL_ACTOR, trigger=trigger, audited=not nonces)
+        try:
+            result = await self.reload(SIGNAL_ACTOR, trigger=trigger, audited=not nonces)
+        except Exception as exc:  # e.g. the audit trail failed: said here, not lost in a task
+            log.exception("reload on SIGHUP failed")
+            result = refused(f"the reload failed ({type(exc).__name__}; see the engine's log)",
+                             outcome=FAILED)  # fmt: skip
         if requests is not None and nonces:
             try:
                 requests.answer(nonces, result.to_json())
