@@ -1,8 +1,8 @@
 """The `engine` command: argument parsing and dispatch to engine.commands.
 
-`engine run | check | test | send | messages | show | replay | retry | fake-ehr | fake-fhir |
-fake-webhooks | bench | certs dev | audit verify | audit search | users ... | apikeys ... |
-keys new | keys status | keys rotate`.
+`engine run | check | reload | test | send | messages | show | replay | retry | fake-ehr |
+fake-fhir | fake-webhooks | bench | certs dev | audit verify | audit search | users ... |
+apikeys ... | keys new | keys status | keys rotate`.
 Every command takes `--config PATH` (default routes.yaml in the current directory);
 channels/ and transforms/ are found beside it.
 """
@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     command("check", "validate the configuration; print every problem as file:line:column")
     command("test", "run every channel's tests offline")
+    p = command("reload", "check the configuration, then have the running engine reload it")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the engine's answer (default 60)")
 
     p = command("send", "send HL7 files over MLLP and print each ACK")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
@@ -257,6 +260,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         except (OSError, AlreadyRunning) as exc:  # from start(): a port in use, a store in use
             raise CommandError(f"cannot start: {exc}") from exc
         return 0
+    if args.command == "reload":
+        from engine.commands.reload import run as run_reload
+
+        return run_reload(args, args.caller, sys.stdout)
     if args.command == "test":
         return _channel_tests(config_path)
     if args.command == "send":

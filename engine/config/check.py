@@ -29,13 +29,22 @@ def run_check(
     try:
         config = load(routes_path, steps=steps, destinations=destinations)
     except ConfigError as exc:
-        cwd = Path(os.getcwd())
-        for problem in exc.problems:
-            pos = problem.pos
-            out.write(f"{_shown(pos.file, cwd)}:{pos.line}:{pos.column}: {problem.message}\n")
+        for line in problem_lines(exc):
+            out.write(line + "\n")
         return 1
     out.write(summary(config) + "\n")
     return 0
+
+
+def problem_lines(error: ConfigError) -> list[str]:
+    """Each problem as `engine check` prints it: `file:line:column: message`, the file
+    relative to the current directory when it lies under it. `engine reload` and the running
+    engine's reload answer with these same lines."""
+    cwd = Path(os.getcwd())
+    return [
+        f"{_shown(p.pos.file, cwd)}:{p.pos.line}:{p.pos.column}: {p.message}"
+        for p in error.problems
+    ]
 
 
 def summary(config: EngineConfig) -> str:

@@ -25,6 +25,7 @@ from engine.config.model import (
     ListenerConfig,
     MllpListenerConfig,
     Pos,
+    ReloadConfig,
     SecurityConfig,
     Table,
 )
@@ -90,7 +91,9 @@ class _Loading:
         semantic.unique_destinations(named, self.problems)
         timezone = self._timezone(routes_doc)
         security = self._security(routes_doc, timezone)
-        store, listeners, routes = self._routes(routes_doc, set(channel_files), security)
+        store, listeners, routes, reload = self._routes(
+            routes_doc, set(channel_files), security
+        )
         if self.problems:
             raise ConfigError(list(dict.fromkeys(self.problems)))
         return EngineConfig(
@@ -103,6 +106,7 @@ class _Loading:
             tables=tables,
             timezone=timezone,
             security=security,
+            reload=reload,
         )
 
     def _security(self, doc: Doc | None, zone: str) -> SecurityConfig:
@@ -202,9 +206,9 @@ class _Loading:
 
     def _routes(
         self, doc: Doc | None, channels: set[str], security: SecurityConfig
-    ) -> tuple[str, dict[str, ListenerConfig], dict[str, tuple[str, ...]]]:
+    ) -> tuple[str, dict[str, ListenerConfig], dict[str, tuple[str, ...]], ReloadConfig]:
         if doc is None:
-            return DEFAULT_STORE, {}, {}
+            return DEFAULT_STORE, {}, {}, ReloadConfig()
         data, found = validation.check(doc, (), doc.data, ROUTES, self.root)
         self.problems.extend(found)
         data = _mapping(data)
@@ -223,7 +227,9 @@ class _Loading:
             for listener, names in routing.items()
             if isinstance(names, list)
         }
-        return store, listeners, routes
+        # Checked by the routes schema above: a bad block is reported there, read as default.
+        reload = _mapping(data.get("reload")) if not found else {}
+        return store, listeners, routes, ReloadConfig(**reload)
 
     def _listener(
         self, doc: Doc, name: str, spec: Any, security: SecurityConfig

@@ -286,6 +286,15 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class ReloadConfig:
+    """`reload:` of routes.yaml: `watch` makes the running engine reload when a configuration
+    file changes, looking every `interval` seconds (engine.runtime.reload_watch)."""
+
+    watch: bool = False
+    interval: float = 1.0
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     root: Path  # the folder holding routes.yaml; channels/ and transforms/ are beside it
     routes_file: Path
@@ -297,6 +306,7 @@ class EngineConfig:
     # IANA zone for HL7 times written without an offset (SIU -> FHIR, appointment state).
     timezone: str = "UTC"
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    reload: ReloadConfig = field(default_factory=ReloadConfig)
 
     @property
     def transforms_dir(self) -> Path:

@@ -267,6 +267,14 @@ SECURITY = _closed(
     }
 )
 
+# `reload:` of routes.yaml (engine.runtime.reload_watch): watching is off unless written.
+RELOAD = _closed(
+    {
+        "watch": {"type": "boolean"},
+        "interval": _POSITIVE_DURATION,
+    }
+)
+
 ROUTES = _closed(
     {
         "store": {"type": "string", "minLength": 1},
@@ -295,6 +303,7 @@ ROUTES = _closed(
                 "items": {"type": "string", "minLength": 1},
             },
         },
+        "reload": RELOAD,
     },
     required=["listeners", "routes"],
 )

@@ -1,8 +1,10 @@
 """Loading named Python functions from the configuration's transforms/ folder.
 
 `module.function` names `transforms/module.py` and a function in it. Modules are imported
-once per process under a private package name, so two configurations never share state
-by accident and a transform cannot shadow an installed module.
+under a private package name, so two configurations never share state by accident and a
+transform cannot shadow an installed module. A module is imported again only when its file's
+content changed (a configuration reload picks up the new code; channels compiled before keep
+the functions they hold, so a message in progress finishes on the code it started with).
 
 How a function is called (`arguments`): with (document, context) when its signature names
 two positional parameters, else with (document) alone, as functions written before the run
@@ -11,6 +13,7 @@ context existed are. A function that can be called neither way is a configuratio
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 import re
@@ -20,6 +23,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+# qualified module name -> digest of the file it was imported from
+_DIGESTS: dict[str, bytes] = {}
 _NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)$")
 
 
@@ -39,8 +44,12 @@ def _import(transforms_dir: Path, module: str) -> ModuleType:
     if not path.is_file():
         raise TransformError(f"transforms/{module}.py does not exist")
     qualified = f"engine_transforms_{abs(hash(str(transforms_dir.resolve())))}.{module}"
+    try:
+        digest = hashlib.sha256(path.read_bytes()).digest()
+    except OSError as exc:
+        raise TransformError(f"transforms/{module}.py cannot be read: {exc.strerror}") from exc
     loaded = sys.modules.get(qualified)
-    if loaded is not None:
+    if loaded is not None and _DIGESTS.get(qualified) == digest:
         return loaded
     spec = importlib.util.spec_from_file_location(qualified, path)
     if spec is None or spec.loader is None:
@@ -53,6 +62,7 @@ def _import(transforms_dir: Path, module: str) -> ModuleType:
             f"transforms/{module}.py failed to import: {type(exc).__name__}: {exc}"
         ) from exc
     sys.modules[qualified] = loaded
+    _DIGESTS[qualified] = digest
     return loaded
 
 

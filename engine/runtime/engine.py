@@ -4,6 +4,9 @@ stopped in the order that loses nothing.
 Start: open the store (creating or migrating it), compile channels, resume queued
 deliveries, then open listeners. Stop: close listeners (in-progress messages still get their
 ACK), stop the lanes (unsent deliveries stay queued), then flush and close the store.
+`reload` swaps in a new configuration while running (engine.runtime.reload); SIGHUP, `engine
+reload` (engine.runtime.reload_control) and the file watch (engine.runtime.reload_watch)
+trigger it.
 """
 
 from __future__ import annotations
@@ -28,9 +31,20 @@ from engine.runtime.dispatcher import Dispatcher
 from engine.runtime.fhir_intake import FhirIntake
 from engine.runtime.instance_lock import InstanceLock
 from engine.runtime.intake import Intake
+from engine.runtime.reload import (
+    FAILED,
+    SIGNAL_ACTOR,
+    WATCH_ACTOR,
+    Reloader,
+    ReloadResult,
+    refused,
+)
+from engine.runtime.reload_control import ReloadRequests
+from engine.runtime.reload_watch import ConfigWatch, Snapshot
 from engine.runtime.security import SecurityServices
 from engine.runtime.sync_failed import SyncFailedEvents
 from engine.security.alert_webhook import AlertDelivery
+from engine.security.audit import Actor
 from engine.store import open_store
 from engine.store.base import Store
 
@@ -87,6 +101,11 @@ class Engine:
         self._stopped = asyncio.Event()
         self._lock = InstanceLock.for_store(config.store)
         self.alerts = AlertDelivery(config.security)  # to the alert webhook, when configured
+        self.reloader = Reloader(self)
+        self.requests = ReloadRequests.for_store(config.store)  # how `engine reload` asks
+        self.watch: ConfigWatch | None = None
+        self._signalled: set[asyncio.Task[None]] = set()
+        self._started = asyncio.Event()
 
     def _auth(self, cfg: ListenerConfig) -> HttpAuth:
         assert cfg.http is not None
@@ -107,9 +126,11 @@ class Engine:
             await self.dispatcher.start()
             for listener in self.listeners.values():
                 await listener.start()
+            await self._follow_watch()
         except BaseException:
             await self.stop()
             raise
+        self._started.set()
         log.info(
             "engine started: %d listeners, %d channels", len(self.listeners), len(self.channels)
         )
@@ -117,6 +138,11 @@ class Engine:
             log.warning("%s", warning)
 
     async def stop(self) -> None:
+        if self.watch is not None:
+            await self.watch.stop()
+        for task in self._signalled:
+            task.cancel()
+        await asyncio.gather(*self._signalled, return_exceptions=True)
         for listener in self.listeners.values():
             await listener.stop()
         await self.dispatcher.stop()
@@ -126,16 +152,69 @@ class Engine:
         self._release_lock()
         self._stopped.set()
 
+    async def reload(
+        self, actor: Actor, *, trigger: str = "api", audited: bool = True
+    ) -> ReloadResult:
+        """Reload the configuration from the files the engine started with; `actor` is who
+        asked (audited, unless `audited` is False: the caller records it itself)."""
+        result = await self.reloader.reload(actor, trigger, audited)
+        if result.accepted:
+            await self._follow_watch()
+        return result
+
+    def files_read(self, snapshot: Snapshot) -> None:
+        """A reload read the files as they were at `snapshot`: the watch's baseline."""
+        if self.watch is not None:
+            self.watch.seen(snapshot)
+
+    async def _follow_watch(self) -> None:
+        """Watch the files as `reload:` says (it may have changed with a reload)."""
+        wanted = self.config.reload
+        if self.watch is not None and (not wanted.watch or self.watch.interval != wanted.interval):
+            await self.watch.stop()
+            self.watch = None
+        if wanted.watch and self.watch is None:
+            self.watch = ConfigWatch(self.config.routes_file, wanted.interval, self._file_changed)
+            self.watch.start()
+
+    async def _file_changed(self) -> None:
+        await self.reload(WATCH_ACTOR, trigger="watch")
+
+    def _sighup(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._answer_sighup(), name="reload")
+        self._signalled.add(task)
+        task.add_done_callback(self._signalled.discard)
+
+    async def _answer_sighup(self) -> None:
+        """Reload; answer the `engine reload` requests waiting (each CLI audits its own), or
+        audit it here when nobody asked through the CLI."""
+        await self._started.wait()  # a SIGHUP during start reloads once it is up
+        requests = self.requests
+        nonces = requests.take() if requests is not None else []
+        trigger = "cli" if nonces else "signal"
+        try:
+            result = await self.reload(SIGNAL_ACTOR, trigger=trigger, audited=not nonces)
+        except Exception as exc:  # e.g. the audit trail failed: said here, not lost in a task
+            log.exception("reload on SIGHUP failed")
+            result = refused(f"the reload failed ({type(exc).__name__}; see the engine's log)",
+                             outcome=FAILED)  # fmt: skip
+        if requests is not None and nonces:
+            try:
+                requests.answer(nonces, result.to_json())
+            except OSError as exc:
+                log.error("reload: answering engine reload failed: %s", exc.strerror)
+
     def _release_lock(self) -> None:
         if self._lock is not None:
             self._lock.release()
 
     async def run_until_signalled(self) -> None:
-        """Run until SIGINT or SIGTERM, then stop cleanly."""
+        """Run until SIGINT or SIGTERM, then stop cleanly; SIGHUP reloads the configuration."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
         await self.start()
         try:
             await stop.wait()

@@ -55,6 +55,8 @@ from engine.store.base import AppointmentRow, Ingest, Ingested, StaleJudgement, 
 
 log = logging.getLogger("engine.intake")
 
+# A listener's channel names and the compiled channels they name.
+Routing = tuple[tuple[str, ...], dict[str, CompiledChannel]]
 _WEAK_ETAG = re.compile(r'^\s*(?:W/)?"([0-9]+)"\s*$')
 
 
@@ -121,6 +123,10 @@ class FhirIntake:
         self._gate = gate
         self._control_ids = control_ids
 
+    def use(self, config: EngineConfig, channels: dict[str, CompiledChannel]) -> None:
+        """A reloaded configuration, for the next request (as `Intake.use`)."""
+        self.config, self.channels = config, channels
+
     def now(self) -> float:
         return self._clock.now()
 
@@ -134,14 +140,19 @@ class FhirIntake:
 
     # ------------------------------------------------------------------ writes
 
+    def _routing(self, listener: ListenerConfig) -> Routing:
+        """The listener's routes and the channels of the configuration running now."""
+        return self.config.routes.get(listener.name, ()), self.channels
+
     async def submit(self, listener: ListenerConfig, request: FhirRequest) -> FhirAnswer:
         """One create or update, committed on its own."""
         now = self._clock.now()
+        routing = self._routing(listener)
         decoded = decode_fhir(request.resource, request.raw, update=request.method == "PUT")
         for attempt in range(1, JUDGE_ATTEMPTS + 1):
             try:
                 async with self._gate.hold(key_of(decoded)):
-                    found = await self._prepare(listener, request, decoded, now)
+                    found = await self._prepare(listener, request, decoded, now, routing)
                     if isinstance(found, _Matched):
                         return found.answer
                     if isinstance(found, _Refused):
@@ -161,6 +172,7 @@ class FhirIntake:
     ) -> list[FhirAnswer] | FhirAnswer:
         """All entries or none: the answers in entry order, or the one failure."""
         now = self._clock.now()
+        routing = self._routing(listener)
         decoded = [decode_fhir(r.resource, r.raw, update=r.method == "PUT") for r in requests]
         seen: dict[str, int] = {}
         for i, key in enumerate(key_of(d) for d in decoded):
@@ -176,7 +188,7 @@ class FhirIntake:
                 async with AsyncExitStack() as stack:
                     for key in sorted(seen):  # one order for every holder: no deadlock
                         await stack.enter_async_context(self._gate.hold(key))
-                    found = [await self._prepare(listener, r, d, now)
+                    found = [await self._prepare(listener, r, d, now, routing)
                              for r, d in zip(requests, decoded, strict=True)]
                     for one in found:
                         if isinstance(one, _Refused):  # the whole Bundle fails with it
@@ -205,14 +217,20 @@ class FhirIntake:
     # ------------------------------------------------------------------ steps
 
     async def _prepare(
-        self, listener: ListenerConfig, request: FhirRequest, decoded: Decoded, now: float
+        self,
+        listener: ListenerConfig,
+        request: FhirRequest,
+        decoded: Decoded,
+        now: float,
+        routing: Routing,
     ) -> _Prepared | _Matched | _Refused:
-        """Preconditions, judgement and channels for one request, held on its key."""
+        """Preconditions, judgement and channels for one request, held on its key. `routing`
+        was taken when the request arrived: a reload meanwhile changes nothing for it."""
         at = request.at
         if decoded.appointment is None:
             return _refused(422, "required", "an identifier with a value is required",
                             f"{at}.identifier")
-        accepted = route(decoded, self.config.routes.get(listener.name, ()), self.channels)
+        accepted = route(decoded, *routing)
         if isinstance(accepted, Rejection):
             return _refused(422, "not-supported", accepted.text, at)
         if request.method == "PUT":

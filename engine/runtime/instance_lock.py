@@ -5,6 +5,8 @@ stopped or killed process held must resume), which is only right when no other e
 using the same store. The lock is an advisory `flock`: the operating system drops it when the
 process ends in any way, `kill -9` included, so a restart after a crash is never blocked. CLI
 commands (`retry`, `replay`, `messages`) do not take it: they work beside a running engine.
+The holder writes its process id into the file, so `engine reload` can find the engine that
+runs on a store (`running_pid`): a pid is believed only while its lock is held.
 """
 
 from __future__ import annotations
@@ -41,7 +43,26 @@ class InstanceLock:
             raise AlreadyRunning(
                 f"another engine is already running on this store (lock {self.path})"
             ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+
+    def running_pid(self) -> int | None:
+        """The pid of the engine holding this lock; None when no engine holds it."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # held: an engine runs, and wrote its pid
+                text = os.read(fd, 32).decode("ascii", "replace").strip()
+                return int(text) if text.isdigit() else None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         if self._fd is not None:

@@ -130,6 +130,12 @@ class Intake:
         self._ack_ids = id_sequence("A", clock)
         self.control_ids = id_sequence("E", clock)
 
+    def use(self, config: EngineConfig, channels: dict[str, CompiledChannel]) -> None:
+        """A reloaded configuration, for the next message: a message in progress holds the
+        channels it was routed to and finishes on them."""
+        self.config, self.channels = config, channels
+        self._tz = zoneinfo.ZoneInfo(config.timezone)
+
     def _ack(
         self,
         header: Header | None,

@@ -60,6 +60,8 @@ class DestinationRunner:
         clock: Clock,
         on_final: FinalCallback | None = None,
         on_failed: FailedCallback | None = None,
+        *,
+        held: bool = False,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -75,12 +77,29 @@ class DestinationRunner:
         self._known: set[int] = set()
         self._stopping = False
         self._wake = asyncio.Event()  # set on stop: ends every retry wait at once
+        # Held (a reload rebuilding this destination): deliveries are kept aside, unsent,
+        # until `resume`, so none overtakes an earlier one the replaced runner still holds.
+        self._held: list[Queued] | None = [] if held else None
 
     @property
     def stopping(self) -> bool:
         return self._stopping
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued in memory, nothing held, nothing being recorded."""
+        return not self._lanes and not self._held and not self._records
+
+    def resume(self) -> None:
+        """Start sending what was held, oldest first (ids are arrival order)."""
+        held, self._held = self._held or [], None
+        for item in sorted(held, key=lambda q: q.id):
+            self.enqueue(item)
+
     def enqueue(self, item: Queued) -> None:
+        if self._held is not None:
+            self._held.append(item)
+            return
         if self._stopping or item.id in self._known:
             return
         self._known.add(item.id)

@@ -148,4 +148,5 @@ CLI_COMMANDS: dict[str, tuple[Permission, ...]] = {
     "keys new": NO_PHI,  # prints a fresh random key; opens nothing
     "keys status": (Permission.KEYS,),
     "keys rotate": (Permission.KEYS,),
+    "reload": (Permission.CONFIGURE,),
 }

@@ -352,9 +352,10 @@ class Store(Protocol):
         """Queued deliveries of these destinations that no runner holds yet, oldest first,
         now marked as held by this runner. New deliveries from `ingest` are held already."""
 
-    async def release_claims(self) -> int:
+    async def release_claims(self, destinations: list[str] | None = None) -> int:
         """At start-up: every queued delivery becomes claimable again (the previous process
-        is gone, so whatever it held resumes here). Returns how many."""
+        is gone, so whatever it held resumes here). With `destinations`, only theirs (a
+        reload rebuilding those destinations' lanes). Returns how many."""
 
     async def requeue(self, delivery_ids: list[int]) -> int:
         """Failed deliveries back to queued and claimable (an operator's retry); returns count."""

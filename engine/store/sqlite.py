@@ -291,8 +291,8 @@ class SqliteStore:
             return []
         return await self.writer.submit(writes.claim_queued, (list(destinations), limit))
 
-    async def release_claims(self) -> int:
-        return await self.writer.submit(writes.release_claims, None)
+    async def release_claims(self, destinations: list[str] | None = None) -> int:
+        return await self.writer.submit(writes.release_claims, destinations)
 
     async def requeue(self, delivery_ids: list[int]) -> int:
         if not delivery_ids:

@@ -60,6 +60,7 @@ _CLAIM: Final = f"""UPDATE deliveries SET claimed = 1 WHERE id IN (
     ORDER BY id LIMIT ?)
     RETURNING {DELIVERY_COLUMNS}"""
 _RELEASE: Final = "UPDATE deliveries SET claimed = 0 WHERE status = 'queued' AND claimed = 1"
+_RELEASE_OF: Final = f"{_RELEASE} AND destination IN (SELECT value FROM json_each(?))"
 _REQUEUE_SET: Final = """UPDATE deliveries SET status = 'queued', claimed = 0,
     round_attempts = 0, next_attempt_at = ?, updated_at = ?"""
 _REQUEUE: Final = f"""{_REQUEUE_SET}
@@ -290,8 +291,10 @@ def claim_queued(conn: sqlite3.Connection, arg: tuple[list[str], int]) -> list[D
     return sorted((delivery_from_row(r, seal) for r in rows), key=lambda d: d.id)
 
 
-def release_claims(conn: sqlite3.Connection, _: None) -> int:
-    return conn.execute(_RELEASE).rowcount
+def release_claims(conn: sqlite3.Connection, destinations: list[str] | None) -> int:
+    if destinations is None:
+        return conn.execute(_RELEASE).rowcount
+    return conn.execute(_RELEASE_OF, (json.dumps(destinations),)).rowcount
 
 
 def requeue(conn: sqlite3.Connection, arg: tuple[list[int], float]) -> int:

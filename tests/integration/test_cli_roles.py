@@ -32,6 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "show": {"admin", "operator", "viewer"},
     "replay": {"admin"},
     "retry": {"admin", "operator"},
+    "reload": {"admin"},
     "audit verify": {"admin", "auditor"},
     "audit search": {"admin", "auditor"},
     **{f"{group} {verb}": {"admin"} for group, verbs in (
@@ -49,7 +50,7 @@ ARGS: dict[str, list[str]] = {
     "apikeys rotate": ["ek000000000000"], "apikeys revoke": ["ek000000000000"],
     "apikeys unlock": ["ek000000000000"],
     "clients add": ["new-app", "--role", "system"], "clients list": [],
-    "clients disable": ["nobody"], "keys status": [], "keys rotate": [],
+    "clients disable": ["nobody"], "keys status": [], "keys rotate": [], "reload": [],
 }  # fmt: skip
 
 

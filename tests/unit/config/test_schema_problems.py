@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from engine.config.model import ReloadConfig
 from tests.unit.config.support import ConfigDir
 
 CHANNEL_FILE = "channels/siu-to-clinic-ehr.yaml"
@@ -28,7 +29,20 @@ def test_unknown_top_level_key_in_routes(cfg: ConfigDir) -> None:
     cfg.routes(cfg.routes_file.read_text() + "listener: {}\n")
     assert cfg.problems() == [
         "routes.yaml:9:1: unknown key 'listener' "
-        "(expected one of: store, security, timezone, listeners, routes)",
+        "(expected one of: store, security, timezone, listeners, routes, reload)",
+    ]
+
+
+def test_reload_block_problems_and_default(cfg: ConfigDir) -> None:
+    assert cfg.load().reload == ReloadConfig(watch=False, interval=1.0)
+    text = cfg.routes_file.read_text()
+    cfg.routes(text + "reload: {watch: true, interval: 250ms}\n")
+    assert cfg.load().reload == ReloadConfig(watch=True, interval=0.25)
+    cfg.routes(text + "reload: {watch: yes please, interval: 0s, every: 1s}\n")
+    assert cfg.problems() == [
+        "routes.yaml:9:17: expected true or false, got 'yes please'",
+        "routes.yaml:9:39: expected a duration > 0, got '0s'",
+        "routes.yaml:9:43: unknown key 'every' (expected one of: watch, interval)",
     ]
 
 

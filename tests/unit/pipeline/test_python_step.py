@@ -176,3 +176,22 @@ def test_two_transforms_folders_do_not_share_modules(tmp_path: Path, transforms:
     theirs = run_python(other, "custom.in_place")
     assert ours.message is not None and theirs.message is not None
     assert (ours.message.get("MSH-5"), theirs.message.get("MSH-5")) == ("IN_PLACE", "OTHER")
+
+
+def test_a_changed_module_is_imported_again_and_an_unchanged_one_is_not(tmp_path: Path) -> None:
+    """What a reload relies on: new code after an edit, the same module object otherwise,
+    and a function already loaded keeps working as it was."""
+    folder = tmp_path / "transforms"
+    folder.mkdir()
+    module = folder / "codes.py"
+    module.write_text("def code(doc):\n    return 'first'\n")
+    first = load_function(folder, "codes.code")
+    assert load_function(folder, "codes.code") is first
+    module.write_text("def code(doc):\n    return 'second'\n")
+    second = load_function(folder, "codes.code")
+    assert (first(None), second(None)) == ("first", "second")
+    module.write_text("def code(doc):\n    return (\n")  # broken: the last good one stays
+    with pytest.raises(TransformError, match="failed to import: SyntaxError"):
+        load_function(folder, "codes.code")
+    module.write_text("def code(doc):\n    return 'second'\n")
+    assert load_function(folder, "codes.code") is second
