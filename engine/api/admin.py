@@ -41,7 +41,7 @@ from engine.api.bodies import (
 )
 from engine.api.openapi import document
 from engine.fhir.rest import FhirAnswer, fail
-from engine.listeners.http_auth import HttpAuth
+from engine.listeners.http_auth import HttpAuth, actor
 from engine.runtime.replay import Replayer, ReplayPlan
 from engine.security.audit import Action
 from engine.security.identities import Identity
@@ -94,6 +94,7 @@ class AdminApi:
             "api.deliveries.discard": bound.discard,
             "api.replay": bound.replay,
             "api.audit.search": bound.audit_search,
+            "api.config.reload": bound.reload,
         }
 
 
@@ -295,6 +296,15 @@ class _Bound:
             "plans": [_plan_json(p) for p in plans],
             "deliveries": sum(len(p.sends) for p in plans),
         })  # fmt: skip
+
+    # -- configuration -----------------------------------------------------------------
+
+    async def reload(self, request: web.Request, who: Identity | None, _: str) -> web.Response:
+        """Reload the configuration files (engine.runtime.reload), which records the audit
+        event itself with this caller: 200 when swapped in, 422 with the problems as
+        `engine check` prints them when refused (the running configuration stays)."""
+        result = await self.engine.reload(actor(request, who), trigger="api")
+        return answer(200 if result.accepted else 422, result.to_json())
 
     # -- audit -------------------------------------------------------------------------
 

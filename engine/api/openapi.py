@@ -72,6 +72,12 @@ OPERATIONS: dict[str, tuple[str, dict[str, Any] | None, dict[str, Any]]] = {
         _object(message_ids=_IDS, filter=_filter_schema(),
                 to={"type": "string", "minLength": 1}, dry_run={"type": "boolean"}),
         _ANY_OBJECT),
+    "api.config.reload": (
+        "Reload the configuration files; refused (422) with file:line:column problems, the "
+        "running configuration kept", None,
+        _object(accepted={"type": "boolean"}, outcome={"type": "integer"},
+                summary={"type": "string"},
+                problems={"type": "array", "items": {"type": "string"}})),
     "api.audit.search": (
         "Search the audit trail, newest first",
         _object(patient={"type": "string"}, user={"type": "string"},
@@ -89,6 +95,7 @@ _ERRORS = {
     "403": "the caller's role may not do this",
     "404": "no such thing",
     "409": "a replay is already running",
+    "422": "a reload refused: the body lists the problems",
     "429": "over the listener's rate limit",
     "503": "the action could not be audited, so it was not done",
 }

@@ -112,6 +112,7 @@ HTTP_ROUTES: tuple[Route, ...] = (
     Route("api.deliveries.discard", "POST", "/api/deliveries/discard", (Permission.RETRY,)),
     Route("api.replay", "POST", "/api/replay", (Permission.REPLAY,)),
     Route("api.audit.search", "POST", "/api/audit/search", (Permission.AUDIT,)),
+    Route("api.config.reload", "POST", "/api/config/reload", (Permission.CONFIGURE,)),
 )
 
 # Every CLI command, by its words (`"audit search"`). Subcommand groups list each verb.

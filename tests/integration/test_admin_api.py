@@ -213,6 +213,25 @@ async def test_the_openapi_document_validates_and_names_every_admin_route(admin:
     assert described == served
 
 
+async def test_a_reload_is_refused_with_its_problems_then_accepted(
+    admin: Admin, tmp_path: Path
+) -> None:
+    channel_file = tmp_path / "channels" / "siu.yaml"
+    good = channel_file.read_text()
+    channel_file.write_text(good.replace("destinations:", "destinatons:"))
+    status, body = await admin.call("POST", "/api/config/reload", "admin")
+    assert status == 422 and not body["accepted"], body
+    assert any(re.search(r"siu\.yaml:\d+:\d+: ", p) for p in body["problems"]), body
+    channel_file.write_text(good.replace("CLINIC_EHR", "CLINIC_EHR2"))
+    status, body = await admin.call("POST", "/api/config/reload", "admin")
+    assert status == 200 and body["accepted"], body
+    status, _ = await admin.call("POST", "/api/config/reload", "viewer")
+    assert status == 403
+    records = [(r.actor.who, r.event.outcome) for r in admin.trail.search()
+               if r.event.what == "config reload"]
+    assert records == [("user:root1", 0), ("user:root1", 4)]  # newest first
+
+
 async def test_a_listener_serving_only_admin_has_no_fhir_api(admin: Admin) -> None:
     status, _ = await admin.call("GET", "/fhir/metadata", None)
     assert status == 404

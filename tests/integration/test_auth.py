@@ -55,6 +55,7 @@ ALLOWED: dict[str, set[str]] = {
     "api.deliveries.discard": {"admin", "operator"},
     "api.replay": {"admin"},
     "api.audit.search": {"admin", "auditor"},
+    "api.config.reload": {"admin"},
 }
 # What each admin route is called with: (method, path, JSON body or None).
 ADMIN_CALLS: dict[str, tuple[str, str, Any]] = {
@@ -68,6 +69,7 @@ ADMIN_CALLS: dict[str, tuple[str, str, Any]] = {
     "api.deliveries.discard": ("POST", "/api/deliveries/discard", {"delivery_ids": [999999]}),
     "api.replay": ("POST", "/api/replay", {"message_ids": [1], "dry_run": True}),
     "api.audit.search": ("POST", "/api/audit/search", {}),
+    "api.config.reload": ("POST", "/api/config/reload", None),
 }
 JSON = {"Content-Type": "application/json"}
 
