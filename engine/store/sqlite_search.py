@@ -36,17 +36,12 @@ from engine.store.sqlite_queries import (
     DELIVERY_STATUSES,
     MESSAGE_COLUMNS,
     MESSAGE_STATUSES,
+    STATUS_INDEXES,
     literal,
     message_from_row,
 )
 from engine.store.sqlite_schema import sealer_of
 
-# Delivery statuses with a partial index (sqlite_schema): few rows each, so their list drives
-# the search. Named, because SQLite would rather walk a covering index of every delivery.
-_STATUS_INDEXES: Final = {
-    "queued": "deliveries_queued", "failed": "deliveries_failed",
-    "discarded": "deliveries_discarded",
-}
 # Values most messages carry: a filter on one of them matches too much to drive the search.
 _USUAL: Final = frozenset({("status", "processed"), ("ack_code", "AA")})
 _HOUR: Final = "CAST(? / 3600 AS INTEGER)"  # the same expression as the messages_hour trigger
@@ -92,7 +87,7 @@ def search_sql(flt: MessageFilter, seal: RowSealer = CLEAR) -> tuple[str, list[o
         driver = "destination"
     elif flt.channel is not None:
         driver = "channel"
-    elif flt.delivery_status in _STATUS_INDEXES:
+    elif flt.delivery_status in STATUS_INDEXES:
         driver = "delivery_status"
     else:
         driver = "messages"
@@ -142,7 +137,7 @@ def search_sql(flt: MessageFilter, seal: RowSealer = CLEAR) -> tuple[str, list[o
             flt.channel,
         )
     if driver == "delivery_status":
-        index = _STATUS_INDEXES[str(flt.delivery_status)]
+        index = STATUS_INDEXES[str(flt.delivery_status)]
         terms.add(
             f"m.id IN (SELECT message_id FROM deliveries INDEXED BY {index}"
             f" WHERE status = {delivery_status})"
