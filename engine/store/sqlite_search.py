@@ -9,9 +9,10 @@ driver is the filter expected to match the fewest messages:
 1. control id, patient id, appointment id (a handful of messages each);
 2. a destination: deliveries (destination, message_id, status) gives its messages in order,
    with the delivery status in the entry;
-3. a channel: channel_results (channel, message_id);
-4. the message's own columns (status, type, ACK code; a value other than the usual one first),
-   the failed, queued or discarded deliveries (partial indexes), or else the ids themselves.
+3. a delivery status other than sent: deliveries not sent (status, message_id), a partial index;
+4. a channel: channel_results (channel, message_id);
+5. the message's own columns (status, type, ACK code; a value other than the usual one first),
+   or else the ids themselves.
 
 The other conditions are written so SQLite cannot pick them as its driver instead (`+column`
 turns an index off for one term; the other tables are asked per candidate with EXISTS).
@@ -36,7 +37,6 @@ from engine.store.sqlite_queries import (
     DELIVERY_STATUSES,
     MESSAGE_COLUMNS,
     MESSAGE_STATUSES,
-    STATUS_INDEXES,
     literal,
     message_from_row,
 )
@@ -45,6 +45,7 @@ from engine.store.sqlite_schema import sealer_of
 # Values most messages carry: a filter on one of them matches too much to drive the search.
 _USUAL: Final = frozenset({("status", "processed"), ("ack_code", "AA")})
 _HOUR: Final = "CAST(? / 3600 AS INTEGER)"  # the same expression as the messages_hour trigger
+_BY_DELIVERY: Final = ("deliveries d CROSS JOIN messages m ON m.id = d.message_id", "d.message_id")
 _SELECT: Final = ", ".join(f"m.{c}" for c in MESSAGE_COLUMNS)
 
 
@@ -85,19 +86,24 @@ def search_sql(flt: MessageFilter, seal: RowSealer = CLEAR) -> tuple[str, list[o
         driver = "few"
     elif flt.destination is not None:
         driver = "destination"
+    elif flt.delivery_status not in (None, "sent"):
+        driver = "delivery_status"
     elif flt.channel is not None:
         driver = "channel"
-    elif flt.delivery_status in STATUS_INDEXES:
-        driver = "delivery_status"
     else:
         driver = "messages"
 
     terms = _Terms()
     if driver == "destination":
-        source, key = "deliveries d CROSS JOIN messages m ON m.id = d.message_id", "d.message_id"
+        source, key = _BY_DELIVERY
         terms.add("d.destination = ?", flt.destination)
         if delivery_status is not None:
             terms.add(f"d.status = {delivery_status}")
+    elif driver == "delivery_status":
+        # The partial index of deliveries not sent (sqlite_schema) applies only when its
+        # condition is written out.
+        source, key = _BY_DELIVERY
+        terms.add(f"d.status = {delivery_status} AND d.status <> 'sent'")
     elif driver == "channel":
         source, key = "channel_results c CROSS JOIN messages m ON m.id = c.message_id", (
             "c.message_id"
@@ -136,13 +142,8 @@ def search_sql(flt: MessageFilter, seal: RowSealer = CLEAR) -> tuple[str, list[o
             " WHERE c.message_id = m.id AND c.channel = ?)",
             flt.channel,
         )
-    if driver == "delivery_status":
-        index = STATUS_INDEXES[str(flt.delivery_status)]
-        terms.add(
-            f"m.id IN (SELECT message_id FROM deliveries INDEXED BY {index}"
-            f" WHERE status = {delivery_status})"
-        )
-    elif driver != "destination" and (flt.destination is not None or delivery_status):
+    by_delivery = driver in ("destination", "delivery_status")  # the driver checks it
+    if not by_delivery and (flt.destination is not None or delivery_status is not None):
         probe = _Terms()
         if flt.destination is not None:
             probe.add("d.destination = ?", flt.destination)

@@ -49,7 +49,7 @@ def test_an_empty_file_is_created_at_the_latest_version(tmp_path: Path) -> None:
         "messages_control_id",
         "channel_results_channel",
         "deliveries_destination_message",
-        "deliveries_discarded",
+        "deliveries_unsent",
         "messages_type",
         "messages_ack_code",
         "deliveries_message",
