@@ -44,7 +44,7 @@ from engine.store.sqlite_schema import sealer_of
 
 # Values most messages carry: a filter on one of them matches too much to drive the search.
 _USUAL: Final = frozenset({("status", "processed"), ("ack_code", "AA")})
-_HOUR: Final = "CAST(? / 3600 AS INTEGER)"  # the same expression as the messages_hour trigger
+_HOUR: Final = "CAST(? / 3600 AS INTEGER)"  # the same expression as sqlite_writes._UPSERT_HOUR
 _BY_DELIVERY: Final = ("deliveries d CROSS JOIN messages m ON m.id = d.message_id", "d.message_id")
 _SELECT: Final = ", ".join(f"m.{c}" for c in MESSAGE_COLUMNS)
 
