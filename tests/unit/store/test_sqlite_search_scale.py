@@ -6,6 +6,7 @@ page cursor, is planned on an index that yields messages newest first (no full s
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
 from dataclasses import dataclass
@@ -132,6 +133,23 @@ async def test_every_filter_and_time_range_finds_what_checking_each_row_finds(
             assert paged == expected, criteria
             checked += len(expected)
     assert checked > 500  # the filters do find things
+
+
+async def test_one_batch_over_many_hours_keeps_every_hour(store: SqliteStore) -> None:
+    """Ingests that share a commit, received over six hours in no order: each hour's id range
+    is widened by the batch, so every time range finds exactly its messages."""
+    rng = random.Random(3)
+    times = [T0 + rng.uniform(0, 6 * HOUR) for _ in range(40)]
+    done = await asyncio.gather(*(
+        store.ingest(make_ingest(f"B{i}", received_at=t)) for i, t in enumerate(times)))
+    assert store.stats().commits < len(times)  # they did share commits
+    by_id = {d.message_id: t for d, t in zip(done, times, strict=True)}
+    for _ in range(30):
+        since = T0 + rng.uniform(-HOUR, 6 * HOUR)
+        until = since + rng.uniform(0, 3 * HOUR)
+        expected = sorted((i for i, t in by_id.items() if since <= t < until), reverse=True)
+        found = await store.search(MessageFilter(since=since, until=until, limit=100))
+        assert [r.id for r in found] == expected
 
 
 async def test_a_message_with_two_deliveries_to_one_destination_is_one_row(
