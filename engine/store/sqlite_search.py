@@ -114,18 +114,11 @@ def search_sql(flt: MessageFilter, seal: RowSealer = CLEAR) -> tuple[str, list[o
     _id_range(terms, key, flt)
 
     # The message's own columns: indexed (unprefixed) only when they drive the search.
-    columns = [
-        (name, value)
-        for name, value in (
-            ("status", status), ("ack_code", flt.ack_code), ("message_type", flt.message_type)
-        )
-        if value is not None
-    ]
     chosen = _column_driver(flt) if driver == "messages" else None
-    for name, value in columns:
+    for name, value in _own_columns(flt).items():
         mark = "" if name == chosen else "+"
         if name == "status":
-            terms.add(f"{mark}m.status = {value}")
+            terms.add(f"{mark}m.status = {status}")  # the validated literal
         else:
             terms.add(f"{mark}m.{name} = ?", value)
     if flt.since is not None:
@@ -184,23 +177,20 @@ def _few_keys(flt: MessageFilter, seal: RowSealer) -> _Terms:
     return terms
 
 
+def _own_columns(flt: MessageFilter) -> dict[str, str]:
+    """The filter's conditions on the message's own indexed columns, by column."""
+    given = {"status": flt.status, "ack_code": flt.ack_code, "message_type": flt.message_type}
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def _column_driver(flt: MessageFilter) -> str | None:
     """Which of the message's own columns drives: a status or ACK code other than the usual
     one (errors, rejections: few), else the message type, else whichever is given."""
-    given = [
-        (name, value)
-        for name, value in (
-            ("status", flt.status), ("ack_code", flt.ack_code), ("message_type", flt.message_type)
-        )
-        if value is not None
-    ]
-    for name, value in given:
-        if (name, value) not in _USUAL and name != "message_type":
-            return name
-    for name, _value in given:
-        if name == "message_type":
-            return name
-    return given[0][0] if given else None
+    given = _own_columns(flt)
+    rare = [n for n, v in given.items() if n != "message_type" and (n, v) not in _USUAL]
+    if rare:
+        return rare[0]
+    return "message_type" if "message_type" in given else next(iter(given), None)
 
 
 def _id_range(terms: _Terms, key: str, flt: MessageFilter) -> None:
