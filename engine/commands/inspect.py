@@ -45,6 +45,9 @@ def add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--appointment-id")
     parser.add_argument("--type", dest="message_type", help="e.g. SIU^S12 or Appointment")
     parser.add_argument(
+        "--ack-code", help="what the engine answered (MSA-1): AA, AE or AR; '' for no ACK"
+    )
+    parser.add_argument(
         "--flagged",
         action="store_true",
         default=None,
@@ -65,6 +68,7 @@ def message_filter(args: argparse.Namespace, limit: int | None = None) -> Messag
         patient_id=args.patient_id,
         appointment_id=args.appointment_id,
         message_type=args.message_type,
+        ack_code=args.ack_code,
         flagged=args.flagged,
         limit=limit if limit is not None else args.limit,
     )

@@ -270,6 +270,7 @@ class MessageFilter:
     patient_id: str | None = None
     appointment_id: str | None = None
     message_type: str | None = None
+    ack_code: str | None = None  # what the engine answered (MSA-1: AA / AE / AR); "" = none
     # True: only messages whose recorded appointment version has warnings (a conflict was
     # flagged or rejected); False: only the others, messages without an appointment included.
     flagged: bool | None = None

@@ -11,7 +11,8 @@ Encryption at rest: every connection carries the store's `RowSealer` (engine.sec
 and the write and read functions seal and open the PHI-carrying values with it, so callers see
 plain bytes. Opening refuses a file whose newest message is sealed with a key the ring lacks.
 
-Schema: `sqlite_schema`; write operations: `sqlite_writes`; reads: `sqlite_queries`;
+Schema: `sqlite_schema`; write operations: `sqlite_writes`; reads: `sqlite_queries`, message
+search: `sqlite_search`;
 appointment state (numbering, history, the overlap lookup): `sqlite_appointments`.
 """
 
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 from engine.security.atrest import CLEAR, RowSealer, not_configured, sealed_key_id
 from engine.store import sqlite_appointments as appointments
 from engine.store import sqlite_queries as queries
+from engine.store import sqlite_search
 from engine.store import sqlite_writes as writes
 from engine.store.base import (
     AppointmentRow,
@@ -329,7 +331,7 @@ class SqliteStore:
         return await loop.run_in_executor(self._pool, self._with_pool_conn, fn)
 
     async def search(self, flt: MessageFilter) -> list[MessageRow]:
-        return await self._read(partial(queries.search, flt=flt))
+        return await self._read(partial(sqlite_search.search, flt=flt))
 
     async def get(self, message_id: int) -> MessageDetail | None:
         return await self._read(partial(queries.get, message_id=message_id))

@@ -1,4 +1,5 @@
-"""The reads of the SQLite store: SQL for search, show and listing, and row mapping.
+"""The reads of the SQLite store: SQL for show and listing, and row mapping (message search
+has its own module, `sqlite_search`).
 
 Rule: every function takes a connection it may use freely and only reads. Each statement's
 rows are fetched completely before returning, so no statement stays open and holds a WAL
@@ -12,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Final, cast, get_args
 
-from engine.security.atrest import CLEAR, RowSealer
+from engine.security.atrest import RowSealer
 from engine.store import sqlite_appointments as appointments
 from engine.store.base import (
     Attempt,
@@ -22,7 +23,6 @@ from engine.store.base import (
     DeliveryStatus,
     DuplicateHit,
     MessageDetail,
-    MessageFilter,
     MessageKeys,
     MessageRow,
     MessageStatus,
@@ -43,11 +43,12 @@ DELIVERY_COLUMNS: Final = (
     " created_at, updated_at, last_code, last_error, round_attempts,"
     f" CASE WHEN payload IS NULL THEN {_OUTPUT_OF.format('id')} END"
 )
-_MESSAGE_COLUMNS: Final = (
-    "id, received_at, listener, content_type, charset, sender, facility, control_id,"
-    " message_type, version, patient_ids, appointment_ids, status, ack_code, error, replay_of,"
-    " duplicate_of, size"
+MESSAGE_COLUMNS: Final = (
+    "id", "received_at", "listener", "content_type", "charset", "sender", "facility",
+    "control_id", "message_type", "version", "patient_ids", "appointment_ids", "status",
+    "ack_code", "error", "replay_of", "duplicate_of", "size",
 )
+_MESSAGE_BY_ID: Final = f"SELECT {', '.join(MESSAGE_COLUMNS)}, raw, ack FROM messages WHERE id = ?"
 _RESULT_COLUMNS: Final = (
     "id, message_id, channel, status, output, error, error_step, error_location"
 )
@@ -55,8 +56,13 @@ _ATTEMPT_COLUMNS: Final = (
     "a.id, a.delivery_id, a.number, a.started_at, a.latency, a.outcome, a.code, a.response,"
     " a.error, a.next_attempt_at"
 )
-_MESSAGE_STATUSES: Final = frozenset(get_args(MessageStatus))
-_DELIVERY_STATUSES: Final = frozenset(get_args(DeliveryStatus))
+MESSAGE_STATUSES: Final = frozenset(get_args(MessageStatus))
+DELIVERY_STATUSES: Final = frozenset(get_args(DeliveryStatus))
+# A listing of deliveries in one of these statuses starts at its partial index (sqlite_schema):
+# named, because SQLite would rather walk a covering index of every delivery and sort.
+_STATUS_INDEXES: Final = {
+    "queued": "deliveries_queued", "failed": "deliveries_failed", "discarded": "deliveries_unsent",
+}
 _SEPARATOR: Final = "\x1f"  # same as sqlite_writes.KEY_SEPARATOR
 
 _FIND_DUPLICATE: Final = """SELECT id, received_at, ack FROM messages
@@ -82,7 +88,7 @@ def delivery_from_row(r: Any, seal: RowSealer) -> Delivery:
     )
 
 
-def _message_from_row(r: Any, seal: RowSealer) -> MessageRow:
+def message_from_row(r: Any, seal: RowSealer) -> MessageRow:
     keys = MessageKeys(
         sender=r[5], facility=r[6], control_id=r[7], message_type=r[8], version=r[9],
         patient_ids=_split(seal.open_text("messages", "patient_ids", r[0], r[10])),
@@ -95,7 +101,8 @@ def _message_from_row(r: Any, seal: RowSealer) -> MessageRow:
     )
 
 
-def _literal(value: str, allowed: frozenset[str], what: str) -> str:
+def literal(value: str, allowed: frozenset[str], what: str) -> str:
+    """`value` as an SQL literal, when it is one of `allowed` (ValueError otherwise)."""
     if value not in allowed:
         raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(allowed)}")
     return f"'{value}'"
@@ -112,77 +119,11 @@ def find_duplicate(
     return DuplicateHit(message_id=message_id, received_at=received_at, ack=ack)
 
 
-def search(conn: sqlite3.Connection, flt: MessageFilter) -> list[MessageRow]:
-    """Newest (highest id) first; `before_id` pages; `until` is exclusive."""
-    if flt.limit <= 0:
-        return []
-    seal = sealer_of(conn)
-    sql, params = search_sql(flt, seal)
-    return [_message_from_row(r, seal) for r in conn.execute(sql, params).fetchall()]
-
-
-def search_sql(flt: MessageFilter, seal: RowSealer = CLEAR) -> tuple[str, list[object]]:
-    """The statement `search` runs for `flt`, with its parameters. A patient id is looked up
-    as every form its entry may have (clear, or blind-indexed under each key)."""
-    where: list[str] = []
-    params: list[object] = []
-    if flt.status is not None:
-        where.append(f"status = {_literal(flt.status, _MESSAGE_STATUSES, 'message status')}")
-    if flt.channel is not None:
-        where.append("id IN (SELECT message_id FROM channel_results WHERE channel = ?)")
-        params.append(flt.channel)
-    if flt.destination is not None or flt.delivery_status is not None:
-        conds = []
-        if flt.destination is not None:
-            conds.append("destination = ?")
-            params.append(flt.destination)
-        if flt.delivery_status is not None:
-            status = _literal(flt.delivery_status, _DELIVERY_STATUSES, "delivery status")
-            conds.append(f"status = {status}")
-        where.append(f"id IN (SELECT message_id FROM deliveries WHERE {' AND '.join(conds)})")
-    if flt.since is not None:
-        where.append("received_at >= ?")
-        params.append(flt.since)
-    if flt.until is not None:
-        where.append("received_at < ?")
-        params.append(flt.until)
-    if flt.control_id is not None:
-        where.append("control_id = ?")
-        params.append(flt.control_id)
-    if flt.patient_id is not None:
-        values = seal.search_values("patient", flt.patient_id)
-        marks = ", ".join("?" * len(values))
-        where.append(
-            "id IN (SELECT message_id FROM message_keys"
-            f" WHERE kind = 'patient' AND value IN ({marks}))"
-        )
-        params.extend(values)
-    if flt.appointment_id is not None:
-        where.append(
-            "id IN (SELECT message_id FROM message_keys WHERE kind = 'appointment' AND value = ?)"
-        )
-        params.append(flt.appointment_id)
-    if flt.message_type is not None:
-        where.append("message_type = ?")
-        params.append(flt.message_type)
-    if flt.flagged is not None:
-        where.append(f"id {'IN' if flt.flagged else 'NOT IN'} ({appointments.FLAGGED_MESSAGES})")
-    if flt.before_id is not None:
-        where.append("id < ?")
-        params.append(flt.before_id)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages {clause} ORDER BY id DESC LIMIT ?"
-    params.append(flt.limit)
-    return sql, params
-
-
 def get(conn: sqlite3.Connection, message_id: int) -> MessageDetail | None:
     """The whole story of one message, read in one snapshot."""
     conn.execute("BEGIN")
     try:
-        row = conn.execute(
-            f"SELECT {_MESSAGE_COLUMNS}, raw, ack FROM messages WHERE id = ?", (message_id,)
-        ).fetchall()
+        row = conn.execute(_MESSAGE_BY_ID, (message_id,)).fetchall()
         if not row:
             return None
         results = conn.execute(
@@ -207,7 +148,7 @@ def get(conn: sqlite3.Connection, message_id: int) -> MessageDetail | None:
     r = row[0]
     seal = sealer_of(conn)
     return MessageDetail(
-        message=_message_from_row(r, seal),
+        message=message_from_row(r, seal),
         raw=seal.open("messages", "raw", message_id, r[18]),
         ack=seal.open("messages", "ack", message_id, r[19]),
         results=tuple(
@@ -245,9 +186,12 @@ def deliveries(
         where.append("destination = ?")
         params.append(destination)
     if status is not None:
-        where.append(f"status = {_literal(status, _DELIVERY_STATUSES, 'delivery status')}")
+        where.append(f"status = {literal(status, DELIVERY_STATUSES, 'delivery status')}")
+        if status == "discarded":
+            where.append("status <> 'sent'")  # the partial index's condition, as written
     clause = f"WHERE {' AND '.join(where)}" if where else ""
-    sql = f"SELECT {DELIVERY_COLUMNS} FROM deliveries {clause} ORDER BY id LIMIT ?"
+    index = f" INDEXED BY {_STATUS_INDEXES[status]}" if status in _STATUS_INDEXES else ""
+    sql = f"SELECT {DELIVERY_COLUMNS} FROM deliveries{index} {clause} ORDER BY id LIMIT ?"
     params.append(limit)
     seal = sealer_of(conn)
     return [delivery_from_row(r, seal) for r in conn.execute(sql, params).fetchall()]

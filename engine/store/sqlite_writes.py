@@ -11,6 +11,7 @@ gets its id assigned here, before the insert.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from typing import Final
 
@@ -24,7 +25,7 @@ from engine.store.base import (
     NewDelivery,
 )
 from engine.store.sqlite_queries import DELIVERY_COLUMNS, delivery_from_row
-from engine.store.sqlite_schema import sealer_of
+from engine.store.sqlite_schema import keeps_hours, sealer_of
 
 KEY_SEPARATOR: Final = "\x1f"  # ASCII unit separator: cannot occur in an HL7 or FHIR id
 
@@ -32,6 +33,11 @@ _INSERT_MESSAGE: Final = """INSERT INTO messages (id, received_at, listener,
     content_type, charset, raw, size, sender, facility, control_id, message_type, version,
     patient_ids, appointment_ids, status, ack_code, ack, error, replay_of, duplicate_of)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+# The hour expression is the search's (sqlite_search) and the version 3 migration's.
+_UPSERT_HOUR: Final = """INSERT INTO message_hours (hour, first_id, last_id)
+    VALUES (CAST(?1 / 3600 AS INTEGER), ?2, ?3)
+    ON CONFLICT (hour) DO UPDATE SET
+        first_id = min(first_id, excluded.first_id), last_id = max(last_id, excluded.last_id)"""
 _INSERT_KEY: Final = "INSERT OR IGNORE INTO message_keys (kind, value, message_id) VALUES (?, ?, ?)"
 _INSERT_RESULT: Final = """INSERT INTO channel_results (id, message_id, channel, status, output,
     error, error_step, error_location) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
@@ -94,6 +100,12 @@ def _next_id(cur: sqlite3.Cursor, table: str) -> int:
     return int(top) + 1
 
 
+def _hour_of(received_at: float) -> float:
+    """The message_hours row of a time, as SQLite's CAST(t / 3600 AS INTEGER) finds it: both
+    truncate the same IEEE quotient (a time that is not finite is a group of its own)."""
+    return float(int(received_at / 3600)) if math.isfinite(received_at) else received_at
+
+
 def ingest_many(conn: sqlite3.Connection, args: list[tuple[Ingest, float]]) -> list[Ingested]:
     """`ingest` for a whole batch: ids assigned here, one executemany per table.
 
@@ -112,9 +124,16 @@ def ingest_many(conn: sqlite3.Connection, args: list[tuple[Ingest, float]]) -> l
     # (position in out, message id, version, time): applied after the messages exist, in order
     versions: list[tuple[int, int, NewAppointmentVersion, float]] = []
     out: list[Ingested] = []
+    # The message_hours rows to widen: hour -> [a received_at in it, lowest id, highest id]
+    hours: dict[float, list[float]] = {}
     for item, now in args:
         m = item.message
         k = m.keys
+        hour = _hour_of(m.received_at)
+        if hour in hours:
+            hours[hour][2] = message_id  # ids only grow within a batch
+        else:
+            hours[hour] = [m.received_at, message_id, message_id]
         messages.append(
             (
                 message_id,
@@ -181,6 +200,8 @@ def ingest_many(conn: sqlite3.Connection, args: list[tuple[Ingest, float]]) -> l
         out.append(Ingested(message_id, tuple(ids)))
         message_id += 1
     cur.executemany(_INSERT_MESSAGE, messages)
+    if keeps_hours(conn):
+        cur.executemany(_UPSERT_HOUR, list(hours.values()))
     if keys:
         cur.executemany(_INSERT_KEY, keys)
     if results:

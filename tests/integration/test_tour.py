@@ -136,6 +136,9 @@ async def test_tour_send_then_search_and_show(tmp_path: Path) -> None:
         assert (error["keys"]["control_id"], error["ack_code"]) == ("MSG90001", "AE")
         (rejected,) = await site.messages("--status", "rejected")
         assert (rejected["keys"]["control_id"], rejected["ack_code"]) == ("MSG90002", "AR")
+        assert await site.control_ids("--ack-code", "AE") == {"MSG90001"}
+        assert await site.control_ids("--ack-code", "AR", "--status", "rejected") == {"MSG90002"}
+        assert await site.control_ids("--ack-code", "AA") == valid
         (one,) = await site.messages("--control-id", "MSG00004")
         assert one["keys"]["message_type"] == "SIU^S15" and one["deliveries"]
         mrn = ids(lambda d: field(d, "PID", 3) == "MRN100001")

@@ -40,7 +40,7 @@ def test_an_empty_file_is_created_at_the_latest_version(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert {
         "messages", "message_keys", "channel_results", "deliveries", "attempts",
-        "appointments", "appointment_actors", "appointment_versions",
+        "appointments", "appointment_actors", "appointment_versions", "message_hours",
     } <= _tables(path)
     assert {
         "messages_received_at",
@@ -48,7 +48,10 @@ def test_an_empty_file_is_created_at_the_latest_version(tmp_path: Path) -> None:
         "messages_dedupe",
         "messages_control_id",
         "channel_results_channel",
-        "deliveries_destination",
+        "deliveries_destination_message",
+        "deliveries_unsent",
+        "messages_type",
+        "messages_ack_code",
         "deliveries_message",
         "deliveries_queued",
         "attempts_delivery",

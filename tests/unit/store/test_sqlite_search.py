@@ -18,7 +18,8 @@ async def ids(store: SqliteStore) -> dict[str, int]:
     """Six messages; names say what sets each apart."""
     items = {
         "plain": make_ingest("M1", received_at=T0),
-        "error": make_ingest("M2", received_at=T0 + 10, status="error", channels=("chan-b",)),
+        "error": make_ingest("M2", received_at=T0 + 10, status="error", ack_code="AE",
+                            channels=("chan-b",)),
         "patient": make_ingest("M3", received_at=T0 + 20, patients=("PAT9", "PAT7"),
                                appointments=()),
         "appointment": make_ingest("M4", received_at=T0 + 30, appointments=("APT5", "FIL5"),
@@ -69,6 +70,10 @@ async def test_no_filter_lists_everything_newest_first(
         ({"appointment_id": "NOPE"}, []),
         ({"message_type": "SIU^S15"}, ["s15"]),
         ({"control_id": "M1", "delivery_status": "failed"}, ["retry"]),
+        ({"ack_code": "AE"}, ["error"]),
+        ({"ack_code": "AR"}, []),
+        ({"ack_code": "AA", "status": "error"}, []),
+        ({"ack_code": "AA", "since": T0 + 40}, ["retry", "s15"]),
     ],
 )
 async def test_each_filter(
