@@ -17,6 +17,7 @@ from engine.config.model import DestinationConfig
 from engine.destinations.base import Destination, Outcome
 from engine.runtime.clock import Clock
 from engine.runtime.lanes import DestinationRunner, Queued
+from engine.runtime.metrics import Metrics
 from engine.runtime.sync_failed import SyncFailedEvents
 from engine.store.base import Delivery, NewDelivery, Store
 
@@ -34,6 +35,7 @@ class Dispatcher:
         store: Store,
         clock: Clock,
         factory: DestinationFactory,
+        metrics: Metrics,
         poll_interval: float = 1.0,
         failure_events: SyncFailedEvents | None = None,
     ) -> None:
@@ -44,7 +46,15 @@ class Dispatcher:
         self._poll_interval = poll_interval
         self._waiters: dict[int, asyncio.Future[Outcome]] = {}
         self.runners: dict[str, DestinationRunner] = {
-            d.name: DestinationRunner(d, factory(d), store, clock, self._final, self._failed)
+            d.name: DestinationRunner(
+                d,
+                factory(d),
+                store,
+                clock,
+                metrics.destination(d.channel, d.name),
+                self._final,
+                self._failed,
+            )
             for d in destinations
         }
         self._poller: asyncio.Task[None] | None = None
@@ -73,6 +83,9 @@ class Dispatcher:
         runner = self.runners.get(row.destination)
         if runner is None:
             return
+        # An operator's retry (attempts made, none in this round) queued it again when it
+        # made it due; anything else has waited since it was made.
+        requeued = row.attempts > 0 and row.round_attempts == 0
         # The retry budget carries over a restart: failures so far in this round count.
         runner.enqueue(
             Queued(
@@ -82,6 +95,7 @@ class Dispatcher:
                 row.lane,
                 row.payload,
                 row.next_attempt_at,
+                row.next_attempt_at if requeued else row.created_at,
                 row.attempts,
                 row.round_attempts,
             )
@@ -94,9 +108,13 @@ class Dispatcher:
         for delivery_id, d in zip(ids, deliveries, strict=True):
             runner = self.runners.get(d.destination)
             if runner is not None:
-                runner.enqueue(
-                    Queued(delivery_id, message_id, d.channel, d.lane, d.payload, d.next_attempt_at)
-                )
+                due = d.next_attempt_at  # a new delivery is due when queued
+                item = Queued(delivery_id, message_id, d.channel, d.lane, d.payload, due, due)
+                runner.enqueue(item)
+
+    def depths(self) -> dict[str, float]:
+        """Per destination, the deliveries held in memory and not final yet (metrics)."""
+        return {name: runner.depth for name, runner in self.runners.items()}
 
     def watch(self, delivery_id: int) -> asyncio.Future[Outcome]:
         """A future for the delivery's final outcome (for the `delivered` ACK policy)."""
