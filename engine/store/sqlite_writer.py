@@ -291,7 +291,10 @@ class GroupCommitWriter:
             stats.failed_ops += len(job.outcomes) - ok
             outcomes = job.outcomes
             if self.on_commit is not None:
-                self.on_commit(commit_seconds)
+                try:
+                    self.on_commit(commit_seconds)
+                except Exception:  # as in _settle: bookkeeping must not strand the futures
+                    log.exception("store writer: commit hook failed")
         else:
             # The COMMIT itself failed (disk full, I/O error): nothing of the batch is stored.
             stats.rollbacks += 1
