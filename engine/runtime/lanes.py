@@ -154,7 +154,7 @@ class DestinationRunner:
         metrics = self._metrics
         if isinstance(outcome, Sent):
             metrics.sent.inc()
-            metrics.latency_seconds.observe(max(0.0, self._clock.now() - item.queued_at))
+            metrics.latency_seconds.observe(max(0.0, started + latency - item.queued_at))
             record("sent")
             self._final(item, outcome)
             return True
