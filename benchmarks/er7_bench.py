@@ -7,20 +7,15 @@ Each figure is the best of several timing rounds, so it shows the code, not the 
 from __future__ import annotations
 
 import argparse
-import timeit
-from collections.abc import Callable
 from pathlib import Path
 
 import hl7
+from timing import per_op_us  # benchmarks/timing.py (run as a script)
 
 from engine.protocol.er7 import Message, peek_header
 from engine.protocol.mllp import Framer, frame
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def per_op_us(fn: Callable[[], object], number: int, repeat: int = 7) -> float:
-    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
 
 
 def main() -> None:

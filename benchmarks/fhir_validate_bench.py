@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import timeit
-from collections.abc import Callable
 
 from fhir.resources.R4B.appointment import Appointment
+from timing import per_op_us  # benchmarks/timing.py (run as a script)
 
 from engine.fhir import Invalid, parse_appointment
 
@@ -50,10 +49,6 @@ TYPICAL = {
     ],
 }
 BAD = {**TYPICAL, "status": "bogus", "end": "2031-03-04T08:00:00-05:00", "participant": "x"}
-
-
-def per_op_us(fn: Callable[[], object], number: int, repeat: int = 7) -> float:
-    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
 
 
 def rejected(raw: bytes) -> None:

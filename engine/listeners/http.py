@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,7 @@ from engine.listeners.http_auth import HttpAuth
 from engine.listeners.http_gate import Door
 from engine.listeners.http_routes import RouteTable
 from engine.runtime.fhir_intake import FhirIntake, FhirRequest
+from engine.runtime.metrics import ListenerMetrics
 from engine.security.identities import Identity
 from engine.security.permissions import HTTP_ROUTES, allowed, only_cancel
 from engine.security.ratelimit import RequestLimits, Throttled
@@ -117,6 +119,7 @@ class HttpListener:
         self,
         config: ListenerConfig,
         intake: FhirIntake,
+        metrics: ListenerMetrics,
         version: str = "",
         auth: HttpAuth | None = None,
         admin: AdminApi | None = None,
@@ -125,6 +128,7 @@ class HttpListener:
         self.config = config
         self.http = config.http
         self.intake = intake
+        self.metrics = metrics
         self._version = version
         self._base = "/" + self.http.path.strip("/") if self.http.path.strip("/") else ""
         self._runner: web.AppRunner | None = None
@@ -164,6 +168,11 @@ class HttpListener:
     @property
     def port(self) -> int:
         return int(self.door.sockets[0].getsockname()[1])
+
+    @property
+    def bound(self) -> bool:
+        """Started and accepting connections (readiness)."""
+        return self.door.bound
 
     def base_url(self, request: web.Request) -> str:
         return f"{request.scheme}://{request.host}{self._base}"
@@ -295,6 +304,19 @@ class HttpListener:
     async def _write(
         self, request: web.Request, base_url: str, *, target: str | None = None,
         bundle: bool = False, only_cancel: bool = False,
+    ) -> web.Response:
+        """A message (create, update or Bundle) received: counted, and timed from here (its
+        headers read, the caller authorised) until its answer is handed to the server."""
+        started = time.monotonic()
+        self.metrics.received.inc()
+        response = await self._write_message(request, base_url, target=target, bundle=bundle,
+                                             only_cancel=only_cancel)  # fmt: skip
+        self.metrics.ack_seconds.observe(time.monotonic() - started)
+        return response
+
+    async def _write_message(
+        self, request: web.Request, base_url: str, *, target: str | None,
+        bundle: bool, only_cancel: bool,
     ) -> web.Response:
         if request.content_type not in _JSON_TYPES:
             return self._error(fail(415, "not-supported",

@@ -127,6 +127,11 @@ class Door:
             conn.close()
             gate.release()
 
+    @property
+    def bound(self) -> bool:
+        """Listening: opened and not closed since."""
+        return bool(self.sockets) and all(sock.fileno() >= 0 for sock in self.sockets)
+
     def admit(self, peer: object) -> bool:
         counts = self.counts
         if counts.connections >= self.limit:

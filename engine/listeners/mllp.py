@@ -24,6 +24,7 @@ from typing import cast
 from engine.config.model import ListenerConfig
 from engine.protocol.mllp import Frame, Framer, Oversized, Truncated, frame
 from engine.runtime.intake import Intake
+from engine.runtime.metrics import ListenerMetrics
 from engine.security.tls import AllowList, peer_refusal, server_context
 
 log = logging.getLogger("engine.listener")
@@ -54,7 +55,8 @@ class MllpConnection(asyncio.Protocol):
         self._config = listener.config
         self._mllp = listener.mllp
         self._framer = Framer(self._mllp.max_message_bytes)
-        self._pending: deque[Frame | Oversized] = deque()
+        # Each frame with the loop time its last bytes arrived (the ACK latency's start).
+        self._pending: deque[tuple[Frame | Oversized, float]] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
@@ -91,7 +93,7 @@ class MllpConnection(asyncio.Protocol):
         self._schedule_idle(self._mllp.idle_timeout)
 
     def data_received(self, data: bytes) -> None:
-        self._last_activity = self._loop.time()
+        now = self._last_activity = self._loop.time()
         before = self._framer.stray_bytes
         events = self._framer.feed(data)
         self._listener.stats.stray_bytes += self._framer.stray_bytes - before
@@ -104,7 +106,8 @@ class MllpConnection(asyncio.Protocol):
                     event.size,
                 )
             else:
-                self._pending.append(event)
+                self._listener.metrics.received.inc()
+                self._pending.append((event, now))
         if self._pending and self._worker is None:
             self._worker = self._loop.create_task(self._drain())
         if len(self._pending) >= MAX_PENDING_FRAMES and not self._paused and self._transport:
@@ -113,9 +116,10 @@ class MllpConnection(asyncio.Protocol):
 
     async def _drain(self) -> None:
         intake = self._listener.intake
+        ack_seconds = self._listener.metrics.ack_seconds
         try:
             while self._pending and not self._closed:
-                event = self._pending.popleft()
+                event, arrived = self._pending.popleft()
                 if isinstance(event, Frame):
                     self._listener.stats.frames += 1
                     ack = await intake.receive(self._config, event.payload)
@@ -129,6 +133,7 @@ class MllpConnection(asyncio.Protocol):
                     ack = await intake.reject_oversized(self._config, event.head, event.size)
                 if self._transport is not None and not self._transport.is_closing():
                     self._transport.write(frame(ack))
+                    ack_seconds.observe(self._loop.time() - arrived)
                 if self._paused and len(self._pending) < MAX_PENDING_FRAMES // 2:
                     self._paused = False
                     if self._transport is not None:
@@ -194,11 +199,12 @@ class MllpConnection(asyncio.Protocol):
 
 
 class MllpListener:
-    def __init__(self, config: ListenerConfig, intake: Intake) -> None:
+    def __init__(self, config: ListenerConfig, intake: Intake, metrics: ListenerMetrics) -> None:
         assert config.mllp is not None  # engine.py builds MLLP listeners for mllp configs only
         self.config = config
         self.mllp = config.mllp
         self.intake = intake
+        self.metrics = metrics
         self.stats = ListenerStats()
         self.connections: set[MllpConnection] = set()
         self._server: asyncio.Server | None = None
@@ -212,6 +218,11 @@ class MllpListener:
     def port(self) -> int:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def bound(self) -> bool:
+        """Started and accepting connections (readiness)."""
+        return self._server is not None and self._server.is_serving()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -25,6 +25,7 @@ from engine.config.model import DestinationConfig
 from engine.destinations.base import Destination, Outcome
 from engine.runtime.clock import Clock
 from engine.runtime.lanes import DestinationRunner, Queued
+from engine.runtime.metrics import Metrics
 from engine.runtime.sync_failed import SyncFailedEvents
 from engine.store.base import Delivery, NewDelivery, Store
 
@@ -63,6 +64,7 @@ class Dispatcher:
         store: Store,
         clock: Clock,
         factory: DestinationFactory,
+        metrics: Metrics,
         poll_interval: float = 1.0,
         failure_events: SyncFailedEvents | None = None,
     ) -> None:
@@ -73,6 +75,7 @@ class Dispatcher:
         self._poll_interval = poll_interval
         self._waiters: dict[int, asyncio.Future[Outcome]] = {}
         self._factory = factory
+        self._metrics = metrics
         self.runners: dict[str, DestinationRunner] = {d.name: self._runner(d) for d in destinations}
         # Removed by a reload: still sending (retiring) or stopped once drained (retired).
         self.retiring: set[str] = set()
@@ -81,7 +84,8 @@ class Dispatcher:
 
     def _runner(self, config: DestinationConfig, held: bool = False) -> DestinationRunner:
         return DestinationRunner(
-            config, self._factory(config), self._store, self._clock, self._final, self._failed,
+            config, self._factory(config), self._store, self._clock,
+            self._metrics.destination(config.channel, config.name), self._final, self._failed,
             held=held,
         )  # fmt: skip
 
@@ -175,6 +179,9 @@ class Dispatcher:
         runner = self._lane_of(row.destination)
         if runner is None:
             return
+        # An operator's retry (attempts made, none in this round) queued it again when it
+        # made it due; anything else has waited since it was made.
+        requeued = row.attempts > 0 and row.round_attempts == 0
         # The retry budget carries over a restart: failures so far in this round count.
         runner.enqueue(
             Queued(
@@ -184,6 +191,7 @@ class Dispatcher:
                 row.lane,
                 row.payload,
                 row.next_attempt_at,
+                row.next_attempt_at if requeued else row.created_at,
                 row.attempts,
                 row.round_attempts,
             )
@@ -196,9 +204,13 @@ class Dispatcher:
         for delivery_id, d in zip(ids, deliveries, strict=True):
             runner = self._lane_of(d.destination)
             if runner is not None:
-                runner.enqueue(
-                    Queued(delivery_id, message_id, d.channel, d.lane, d.payload, d.next_attempt_at)
-                )
+                due = d.next_attempt_at  # a new delivery is due when queued
+                item = Queued(delivery_id, message_id, d.channel, d.lane, d.payload, due, due)
+                runner.enqueue(item)
+
+    def depths(self) -> dict[str, float]:
+        """Per destination, the deliveries held in memory and not final yet (metrics)."""
+        return {name: runner.depth for name, runner in self.runners.items()}
 
     def watch(self, delivery_id: int) -> asyncio.Future[Outcome]:
         """A future for the delivery's final outcome (for the `delivered` ACK policy)."""

@@ -31,6 +31,7 @@ from engine.runtime.dispatcher import Dispatcher
 from engine.runtime.fhir_intake import FhirIntake
 from engine.runtime.instance_lock import InstanceLock
 from engine.runtime.intake import Intake
+from engine.runtime.metrics import Metrics
 from engine.runtime.reload import (
     FAILED,
     SIGNAL_ACTOR,
@@ -70,16 +71,21 @@ class Engine:
         self.clock = clock or SystemClock()
         self.store = store or open_store(config.store, config.security.encryption)
         self.channels = compile_config(config)
+        self.metrics = Metrics(config)
+        self.store.observe_commits(self.metrics.store_commit_seconds.observe)
         destinations = [d for c in config.channels.values() for d in c.destinations]
         self.dispatcher = Dispatcher(
             destinations,
             self.store,
             self.clock,
             destination_factory,
+            self.metrics,
             poll_interval,
             SyncFailedEvents(config, self.store, self.clock),
         )
-        self.intake = Intake(config, self.channels, self.store, self.dispatcher, self.clock)
+        self.intake = Intake(
+            config, self.channels, self.store, self.dispatcher, self.clock, self.metrics
+        )
         # One gate for both intakes: an SIU and a FHIR version of one appointment serialise.
         self.fhir_intake = FhirIntake(
             config,
@@ -89,15 +95,23 @@ class Engine:
             self.clock,
             self.intake.gate,
             self.intake.control_ids,
+            self.metrics,
         )
         self.security = security or SecurityServices(config)
         admin = AdminApi(self)
         self.listeners: dict[str, MllpListener | HttpListener] = {
-            name: MllpListener(cfg, self.intake)
+            name: MllpListener(cfg, self.intake, self.metrics.listeners[name])
             if cfg.mllp is not None
-            else HttpListener(cfg, self.fhir_intake, __version__, self._auth(cfg), admin)
+            else HttpListener(cfg, self.fhir_intake, self.metrics.listeners[name], __version__,
+                              self._auth(cfg), admin)
             for name, cfg in config.listeners.items()
         }
+        self.metrics.gauge(
+            "engine_queue_depth", "Deliveries queued and not final yet (waiting, retrying or "
+            "in flight), by destination", "destination", self.dispatcher.depths)  # fmt: skip
+        self.metrics.gauge(
+            "engine_listener_connections", "Connections open now, by listener", "listener",
+            lambda: {n: listener.stats.connections for n, listener in self.listeners.items()})
         self._stopped = asyncio.Event()
         self._lock = InstanceLock.for_store(config.store)
         self.alerts = AlertDelivery(config.security)  # to the alert webhook, when configured

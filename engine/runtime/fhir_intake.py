@@ -50,6 +50,7 @@ from engine.runtime.appointments import JUDGE_ATTEMPTS, AppointmentGate, Judged,
 from engine.runtime.clock import Clock
 from engine.runtime.dispatcher import Dispatcher
 from engine.runtime.intake import new_message, stored_result
+from engine.runtime.metrics import Metrics
 from engine.runtime.processing import Decoded, Rejection, decode_fhir, new_deliveries, route
 from engine.store.base import AppointmentRow, Ingest, Ingested, StaleJudgement, Store
 
@@ -114,12 +115,14 @@ class FhirIntake:
         clock: Clock,
         gate: AppointmentGate,
         control_ids: Iterator[str],
+        metrics: Metrics,
     ) -> None:
         self.config = config
         self.channels = channels
         self._store = store
         self._dispatcher = dispatcher
         self._clock = clock
+        self._metrics = metrics
         self._gate = gate
         self._control_ids = control_ids
 
@@ -326,6 +329,7 @@ class FhirIntake:
         return None
 
     def _committed(self, prepared: _Prepared, ingested: Ingested) -> FhirAnswer:
+        self._metrics.processed(prepared.ingest.results)
         judged = prepared.judged
         judged.alert(ingested.message_id)
         self._dispatcher.enqueue(
@@ -363,6 +367,7 @@ class FhirIntake:
             await self._store.ingest(ingest)
         except Exception as exc:
             return _not_stored(listener, exc)
+        self._metrics.processed(ingest.results)
         return answer
 
 

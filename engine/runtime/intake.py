@@ -30,6 +30,7 @@ from engine.protocol.er7 import Header, parse_path
 from engine.runtime.appointments import JUDGE_ATTEMPTS, AppointmentGate, Judged, key_of
 from engine.runtime.clock import Clock
 from engine.runtime.dispatcher import Dispatcher
+from engine.runtime.metrics import Metrics
 from engine.runtime.processing import (
     Decoded,
     Rejection,
@@ -117,12 +118,14 @@ class Intake:
         store: Store,
         dispatcher: Dispatcher,
         clock: Clock,
+        metrics: Metrics,
     ) -> None:
         self.config = config
         self.channels = channels
         self._store = store
         self._dispatcher = dispatcher
         self._clock = clock
+        self._metrics = metrics
         self._tz = zoneinfo.ZoneInfo(config.timezone)
         self.gate = AppointmentGate(store)
         # Control ids of ACKs and of converted messages: unique across restarts (start time)
@@ -213,31 +216,25 @@ class Intake:
             code, text, ack_errors = "AE", "processing failed", errors
         ack = self._ack(decoded.header, code, text, decoded.codec, ack_errors)
         deliveries = new_deliveries(outcomes, now)
+        ingest = Ingest(
+            new_message(
+                listener.name, data, decoded, now, "error" if failed else "processed", code, ack
+            ),
+            tuple(stored_result(o) for o in outcomes),
+            deliveries,
+            # Refused (AE) and nothing sent on: history only. Once another channel's output
+            # is queued, downstream hears of this version: it is the state.
+            appointment=judged.version(rejected=code != "AA" and not deliveries)
+            if judged
+            else None,
+        )
         try:
-            ingested = await self._store.ingest(
-                Ingest(
-                    new_message(
-                        listener.name,
-                        data,
-                        decoded,
-                        now,
-                        "error" if failed else "processed",
-                        code,
-                        ack,
-                    ),
-                    tuple(stored_result(o) for o in outcomes),
-                    deliveries,
-                    # Refused (AE) and nothing sent on: history only. Once another channel's
-                    # output is queued, downstream hears of this version: it is the state.
-                    appointment=judged.version(rejected=code != "AA" and not deliveries)
-                    if judged
-                    else None,
-                )
-            )
+            ingested = await self._store.ingest(ingest)
         except StaleJudgement:
             raise  # judged again by the caller
         except Exception as exc:
             return self._not_stored(listener, decoded, exc)
+        self._metrics.processed(ingest.results)
         if judged is not None:
             judged.alert(ingested.message_id)
         waits: list[asyncio.Future[Outcome]] = []

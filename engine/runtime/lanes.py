@@ -24,6 +24,7 @@ from engine.config.model import DestinationConfig
 from engine.destinations.base import DeliveryMeta, Destination, Outcome, Reject, Retry, Sent
 from engine.runtime.backoff import delay, exhausted
 from engine.runtime.clock import Clock
+from engine.runtime.metrics import DestinationMetrics
 from engine.security.alerts import LOGGER, alert_extra
 from engine.store.base import Attempt, AttemptOutcome, Store
 
@@ -39,6 +40,7 @@ class Queued:
     lane: str
     payload: bytes
     next_at: float  # wall-clock unix seconds
+    queued_at: float  # when it was queued (or requeued by an operator): delivery latency
     attempts: int = 0  # every attempt ever made (numbering)
     failures: int = 0  # failures in this round (retry budget)
 
@@ -58,6 +60,7 @@ class DestinationRunner:
         destination: Destination,
         store: Store,
         clock: Clock,
+        metrics: DestinationMetrics,
         on_final: FinalCallback | None = None,
         on_failed: FailedCallback | None = None,
         *,
@@ -68,6 +71,7 @@ class DestinationRunner:
         self._destination = destination
         self._store = store
         self._clock = clock
+        self._metrics = metrics
         self._on_final = on_final
         self._on_failed = on_failed
         self._lanes: dict[str, deque[Queued]] = {}
@@ -95,6 +99,11 @@ class DestinationRunner:
         held, self._held = self._held or [], None
         for item in sorted(held, key=lambda q: q.id):
             self.enqueue(item)
+
+    @property
+    def depth(self) -> int:
+        """Deliveries this runner holds that are not final yet (waiting, retrying, in flight)."""
+        return len(self._known)
 
     def enqueue(self, item: Queued) -> None:
         if self._held is not None:
@@ -161,7 +170,10 @@ class DestinationRunner:
                 )
             )
 
+        metrics = self._metrics
         if isinstance(outcome, Sent):
+            metrics.sent.inc()
+            metrics.latency_seconds.observe(max(0.0, started + latency - item.queued_at))
             record("sent")
             self._final(item, outcome)
             return True
@@ -171,6 +183,7 @@ class DestinationRunner:
             item.failures += 1
             why = f"gave up after {item.failures} attempts: {outcome.reason}"
         if isinstance(outcome, Reject) or exhausted(self.config.retry, item.failures):
+            metrics.failed.inc()
             record("failed")
             self._alert(item, why)
             self._final(item, outcome)
@@ -182,6 +195,7 @@ class DestinationRunner:
         if outcome.after is not None:
             wait = max(wait, outcome.after)
         item.next_at = self._clock.now() + wait
+        metrics.retried.inc()
         record("retry", item.next_at)
         log.info(
             "delivery %d to %s: retry %d in %.1fs (%s)",

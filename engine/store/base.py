@@ -15,6 +15,7 @@ same protocol and pass the same tests. Rules every implementation keeps:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -379,3 +380,12 @@ class Store(Protocol):
         """Deliveries in id (= arrival) order."""
 
     def stats(self) -> StoreStats: ...
+
+    async def probe(self) -> None:
+        """A write through the store's writer that changes nothing (readiness): returns once
+        a transaction carrying it committed; raises what the store's writes would raise
+        (closed, locked by another process past the busy timeout, I/O error)."""
+
+    def observe_commits(self, observer: Callable[[float], None]) -> None:
+        """Call `observer(seconds)` after every committed transaction, with the time its
+        COMMIT took (metrics); on the event loop, so it must be quick."""

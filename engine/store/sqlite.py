@@ -103,6 +103,7 @@ class SqliteStore:
         self._pool_conns: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
         self._pending: dict[_DedupeKey, list[_PendingIngest]] = {}
+        self._commit_observer: Callable[[float], None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -134,6 +135,7 @@ class SqliteStore:
             on_settled=self._ingest_settled,
             batched=writes.BATCHED,
         )
+        self._writer.on_commit = self._commit_observer
         self._writer.start()
 
     def _refuse_unknown_key(self) -> None:
@@ -201,7 +203,18 @@ class SqliteStore:
             },
         )
 
+    def observe_commits(self, observer: Callable[[float], None]) -> None:
+        self._commit_observer = observer
+        if self._writer is not None:
+            self._writer.on_commit = observer
+
     # --- writes ------------------------------------------------------------------------
+
+    async def probe(self) -> None:
+        # BEGIN IMMEDIATE takes the file's write lock and COMMIT ends the transaction, so
+        # this proves the writer thread, the connection and the lock; sharing a batch, it
+        # shares that batch's fsync.
+        await self.writer.submit(writes.probe, None)
 
     async def ingest(self, item: Ingest) -> Ingested:
         writer = self.writer

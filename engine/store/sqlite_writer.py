@@ -83,7 +83,9 @@ class GroupCommitWriter:
     `on_settled(tag, ok, value)` runs on the event loop, in the batch's single hand-off, for
     every operation submitted with a tag: it sees the outcome even when the caller stopped
     waiting (a cancelled caller does not undo a write). `before_commit`, when set, is called
-    on the commit thread just before each COMMIT (tests use it to hold a batch open)."""
+    on the commit thread just before each COMMIT (tests use it to hold a batch open);
+    `on_commit(seconds)`, when set, on the event loop after each COMMIT that succeeded, with
+    its duration (the metrics' commit time)."""
 
     def __init__(
         self,
@@ -117,6 +119,7 @@ class GroupCommitWriter:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()  # None: stop
         self._thread = threading.Thread(target=self._commit_loop, name=name, daemon=True)
         self.before_commit: Callable[[], None] | None = None
+        self.on_commit: Callable[[float], None] | None = None
         self.stats = WriterStats()
 
     def start(self) -> None:
@@ -287,6 +290,11 @@ class GroupCommitWriter:
             stats.ops += ok
             stats.failed_ops += len(job.outcomes) - ok
             outcomes = job.outcomes
+            if self.on_commit is not None:
+                try:
+                    self.on_commit(commit_seconds)
+                except Exception:  # as in _settle: bookkeeping must not strand the futures
+                    log.exception("store writer: commit hook failed")
         else:
             # The COMMIT itself failed (disk full, I/O error): nothing of the batch is stored.
             stats.rollbacks += 1

@@ -333,6 +333,10 @@ def discard(conn: sqlite3.Connection, arg: tuple[list[int], float]) -> int:
     return conn.execute(_DISCARD, (now, json.dumps(ids))).rowcount
 
 
+def probe(conn: sqlite3.Connection, _: None) -> None:
+    """Nothing: the readiness probe is the transaction around it (see SqliteStore.probe)."""
+
+
 # Operations the writer may run for a whole batch at once. Their rows never depend on each
 # other within one batch (an attempt's delivery was committed by an earlier batch), so the
 # writer groups them by kind.
