@@ -42,6 +42,7 @@ from engine.api.bodies import (
 from engine.api.openapi import document
 from engine.fhir.rest import FhirAnswer, fail
 from engine.listeners.http_auth import HttpAuth, actor
+from engine.runtime.health import live, ready
 from engine.runtime.replay import Replayer, ReplayPlan
 from engine.security.audit import Action
 from engine.security.identities import Identity
@@ -95,6 +96,9 @@ class AdminApi:
             "api.replay": bound.replay,
             "api.audit.search": bound.audit_search,
             "api.config.reload": bound.reload,
+            "metrics": bound.metrics,
+            "health.live": bound.live,
+            "health.ready": bound.ready,
         }
 
 
@@ -159,6 +163,19 @@ class _Bound:
                 "stats": dataclasses.asdict(listener.stats),
             })
         return answer(200, {"listeners": body})
+
+    async def metrics(self, request: web.Request, _: Identity | None, __: str) -> web.Response:
+        body, content_type = self.engine.metrics.render()
+        return web.Response(status=200, body=body, headers={
+            "Content-Type": content_type, "Server": "engine", "Cache-Control": "no-store"})
+
+    async def live(self, request: web.Request, _: Identity | None, __: str) -> web.Response:
+        ok, body = live()
+        return answer(200 if ok else 503, body)
+
+    async def ready(self, request: web.Request, _: Identity | None, __: str) -> web.Response:
+        ok, body = await ready(self.engine)
+        return answer(200 if ok else 503, body)
 
     # -- messages ----------------------------------------------------------------------
 

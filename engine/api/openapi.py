@@ -78,6 +78,11 @@ OPERATIONS: dict[str, tuple[str, dict[str, Any] | None, dict[str, Any]]] = {
         _object(accepted={"type": "boolean"}, outcome={"type": "integer"},
                 summary={"type": "string"},
                 problems={"type": "array", "items": {"type": "string"}})),
+    "metrics": ("Prometheus metrics (text exposition 0.0.4): counters and histograms by "
+                "listener, channel and destination name", None, {"type": "string"}),
+    "health.live": ("The process answers", None, _object(status={"type": "string"})),
+    "health.ready": ("Ready: the store takes a write and every listener is bound (503 "
+                     "otherwise, naming the failed check)", None, _ANY_OBJECT),
     "api.audit.search": (
         "Search the audit trail, newest first",
         _object(patient={"type": "string"}, user={"type": "string"},
@@ -97,7 +102,8 @@ _ERRORS = {
     "409": "a replay is already running",
     "422": "a reload refused: the body lists the problems",
     "429": "over the listener's rate limit",
-    "503": "the action could not be audited, so it was not done",
+    "503": "the action could not be audited, so it was not done (for /health/ready: not "
+           "ready)",
 }
 
 
@@ -115,8 +121,9 @@ def _operation(route: Route) -> dict[str, Any]:
         "summary": summary,
         "description": _roles(route),
         "responses": {
-            "200": {"description": "OK",
-                    "content": {"application/json": {"schema": response}}},
+            "200": {"description": "OK", "content": {
+                "text/plain" if route.name == "metrics" else "application/json":
+                {"schema": response}}},
             **{code: {"description": text} for code, text in _ERRORS.items()},
         },
     }  # fmt: skip

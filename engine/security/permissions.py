@@ -113,6 +113,11 @@ HTTP_ROUTES: tuple[Route, ...] = (
     Route("api.replay", "POST", "/api/replay", (Permission.REPLAY,)),
     Route("api.audit.search", "POST", "/api/audit/search", (Permission.AUDIT,)),
     Route("api.config.reload", "POST", "/api/config/reload", (Permission.CONFIGURE,)),
+    # Counters by configuration name only (no PHI), but volumes are the business's own:
+    # a scraper holds a key of a role with STATUS. Health says ok or which check failed.
+    Route("metrics", "GET", "/metrics", (Permission.STATUS,)),
+    Route("health.live", "GET", "/health/live", PUBLIC),
+    Route("health.ready", "GET", "/health/ready", PUBLIC),
 )
 
 # Every CLI command, by its words (`"audit search"`). Subcommand groups list each verb.

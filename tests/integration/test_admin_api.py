@@ -232,6 +232,29 @@ async def test_a_reload_is_refused_with_its_problems_then_accepted(
     assert records == [("user:root1", 0), ("user:root1", 4)]  # newest first
 
 
+async def test_metrics_and_health_over_http(admin: Admin) -> None:
+    async with FakeEhr(port=admin.ehr_port) as ehr:
+        await admin.send("MET00001")
+        await ehr.wait_until(lambda: len(ehr.received) == 1)
+    async with admin.http.get(admin.origin + "/metrics") as response:
+        assert response.status == 401
+    async with admin.http.get(admin.origin + "/metrics",
+                              headers=admin.headers["viewer"]) as response:  # fmt: skip
+        assert response.status == 200
+        assert response.content_type == "text/plain"
+        text = await response.text()
+    assert 'engine_messages_received_total{listener="feed"} 1.0' in text
+    assert re.search(r'engine_deliveries_sent_total\{channel="siu",destination="clinic-ehr"\} '
+                     r"1\.0", text)  # fmt: skip
+    status, body = await admin.call("GET", "/health/live", None)
+    assert status == 200, body
+    status, body = await admin.call("GET", "/health/ready", None)
+    assert status == 200 and body, body
+    await admin.engine.listeners["feed"].stop()
+    status, body = await admin.call("GET", "/health/ready", None)
+    assert status == 503, body
+
+
 async def test_a_listener_serving_only_admin_has_no_fhir_api(admin: Admin) -> None:
     status, _ = await admin.call("GET", "/fhir/metadata", None)
     assert status == 404

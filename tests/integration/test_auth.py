@@ -56,6 +56,9 @@ ALLOWED: dict[str, set[str]] = {
     "api.replay": {"admin"},
     "api.audit.search": {"admin", "auditor"},
     "api.config.reload": {"admin"},
+    "metrics": {"admin", "operator", "viewer"},
+    "health.live": set(ROLES),
+    "health.ready": set(ROLES),
 }
 # What each admin route is called with: (method, path, JSON body or None).
 ADMIN_CALLS: dict[str, tuple[str, str, Any]] = {
@@ -70,6 +73,9 @@ ADMIN_CALLS: dict[str, tuple[str, str, Any]] = {
     "api.replay": ("POST", "/api/replay", {"message_ids": [1], "dry_run": True}),
     "api.audit.search": ("POST", "/api/audit/search", {}),
     "api.config.reload": ("POST", "/api/config/reload", None),
+    "metrics": ("GET", "/metrics", None),
+    "health.live": ("GET", "/health/live", None),
+    "health.ready": ("GET", "/health/ready", None),
 }
 JSON = {"Content-Type": "application/json"}
 
