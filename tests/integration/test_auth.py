@@ -46,6 +46,8 @@ ALLOWED: dict[str, set[str]] = {
     "fhir.update": {"admin", "system", "operator"},
     "fhir.read": {"admin", "operator", "viewer"},
     "api.openapi": set(ROLES),
+    "api.me": set(ROLES),
+    "api.stats": {"admin", "operator", "viewer"},
     "api.channels": {"admin", "operator", "viewer"},
     "api.listeners": {"admin", "operator", "viewer"},
     "api.messages.search": {"admin", "operator", "viewer"},
@@ -55,10 +57,14 @@ ALLOWED: dict[str, set[str]] = {
     "api.deliveries.discard": {"admin", "operator"},
     "api.replay": {"admin"},
     "api.audit.search": {"admin", "auditor"},
+    "console.page": set(ROLES),
+    "console.asset": set(ROLES),
 }
 # What each admin route is called with: (method, path, JSON body or None).
 ADMIN_CALLS: dict[str, tuple[str, str, Any]] = {
     "api.openapi": ("GET", "/api/openapi.json", None),
+    "api.me": ("GET", "/api/me", None),
+    "api.stats": ("POST", "/api/stats", {"window_minutes": 10, "buckets": 5}),
     "api.channels": ("GET", "/api/channels", None),
     "api.listeners": ("GET", "/api/listeners", None),
     "api.messages.search": ("POST", "/api/messages/search", {"limit": 5}),
@@ -68,6 +74,8 @@ ADMIN_CALLS: dict[str, tuple[str, str, Any]] = {
     "api.deliveries.discard": ("POST", "/api/deliveries/discard", {"delivery_ids": [999999]}),
     "api.replay": ("POST", "/api/replay", {"message_ids": [1], "dry_run": True}),
     "api.audit.search": ("POST", "/api/audit/search", {}),
+    "console.page": ("GET", "/console/", None),
+    "console.asset": ("GET", "/console/app.js", None),
 }
 JSON = {"Content-Type": "application/json"}
 
