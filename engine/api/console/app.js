@@ -23,7 +23,8 @@ const PAGES = [
 const may = (permission) => me !== null && me.may.includes(permission);
 
 function show(...nodes) {
-  main.replaceChildren(...nodes);
+  main.replaceChildren();
+  append(main, nodes);
 }
 
 function failure(error) {
@@ -284,8 +285,8 @@ async function messagePage(id) {
         : h("pre", {}, pretty(r.output))));
   const deliveries = detail.deliveries.map((d) => h("tr", {},
     h("td", {}, d.id), h("td", {}, d.channel), h("td", {}, d.destination),
-    h("td", { class: `status ${d.status}` }, d.status), h("td", {}, d.attempts),
-    h("td", {}, d.attempts ? h("ul", {}, d.attempts.map((a) => h("li", {},
+    h("td", { class: `status ${d.status}` }, d.status), h("td", {}, d.attempts.length),
+    h("td", {}, d.attempts.length ? h("ul", {}, d.attempts.map((a) => h("li", {},
       `#${a.number} ${a.outcome} ${a.code} ${a.error} ${Math.round(a.latency * 1000)} ms `,
       a.response ? h("pre", {}, a.response) : null))) : "")));
   show(
