@@ -136,9 +136,10 @@ async function lastResponse(delivery) {
     + `${attempt.error || ""}\n${attempt.response || "(no response)"}`;
 }
 
-// Polls the message until the delivery leaves `queued`, showing where it is.
+// Polls the message until the delivery leaves `queued`, showing where it is (and stops
+// when the page has moved on).
 async function watch(delivery, cell) {
-  for (;;) {
+  while (cell.isConnected) {
     const detail = await call("GET", `/api/messages/${delivery.message_id}`);
     const now = detail.deliveries.find((d) => d.id === delivery.id);
     cell.textContent = now.status;
