@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,20 @@ $(DEV_SECRET):
 run: $(STAMP) $(DEV_SECRET)
 	WEBHOOK_SECRET="$${WEBHOOK_SECRET:-$$(cat $(DEV_SECRET))}" $(BIN)/engine run --config routes.yaml
 
-test: $(STAMP)
+# The browser tests (tests/browser) drive Debian's chromium through Playwright; Playwright's
+# own browser download is never used. Installed with apt-get when missing (as root, or with
+# sudo when it needs no password); otherwise a clear message says what to run.
+CHROMIUM := /usr/bin/chromium
+
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; \
+		elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO=sudo; \
+		else echo "$(CHROMIUM) is missing: run 'sudo apt-get install chromium' (the browser tests need it)" >&2; exit 1; fi; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; \
+	fi
+
+test: $(STAMP) chromium
 	$(BIN)/ruff check engine tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest -q

@@ -31,6 +31,7 @@ from engine.api.bodies import (
     PAGE_MAX,
     BadRequest,
     ids_of,
+    int_of,
     json_object,
     limit_of,
     message_filter,
@@ -40,12 +41,20 @@ from engine.api.bodies import (
     time_of,
 )
 from engine.api.openapi import document
+from engine.api.stats import (
+    STATS_BUCKETS_DEFAULT,
+    STATS_BUCKETS_MAX,
+    STATS_WINDOW_DEFAULT,
+    STATS_WINDOW_MAX,
+    activity_json,
+)
 from engine.fhir.rest import FhirAnswer, fail
 from engine.listeners.http_auth import HttpAuth, actor
 from engine.runtime.health import live, ready
 from engine.runtime.replay import Replayer, ReplayPlan
 from engine.security.audit import Action
 from engine.security.identities import Identity
+from engine.security.permissions import GRANTS
 from engine.store.views import detail_json, message_json
 
 if TYPE_CHECKING:
@@ -86,6 +95,8 @@ class AdminApi:
         bound = _Bound(self, auth)
         return {
             "api.openapi": bound.openapi,
+            "api.me": bound.me,
+            "api.stats": bound.stats,
             "api.channels": bound.channels,
             "api.listeners": bound.listeners,
             "api.messages.search": bound.search,
@@ -124,6 +135,28 @@ class _Bound:
 
     async def openapi(self, request: web.Request, _: Identity | None, __: str) -> web.Response:
         return answer(200, document(f"{request.scheme}://{request.host}"))
+
+    async def me(self, request: web.Request, who: Identity | None, _: str) -> web.Response:
+        """Who the caller is and what its role may do: the console shows only that."""
+        assert who is not None
+        may = sorted(GRANTS.get(who.role, frozenset()))
+        return answer(200, {"name": who.name, "kind": who.kind, "role": who.role, "may": may})
+
+    async def stats(self, request: web.Request, _: Identity | None, __: str) -> web.Response:
+        """Counts per channel and destination over time buckets of a recent window (no PHI:
+        names from the configuration and numbers)."""
+        try:
+            body = await json_object(request)
+            only(body, {"window_minutes", "buckets"})
+            minutes = int_of(body, "window_minutes", STATS_WINDOW_DEFAULT, 1, STATS_WINDOW_MAX)
+            count = int_of(body, "buckets", STATS_BUCKETS_DEFAULT, 1, STATS_BUCKETS_MAX)
+        except BadRequest as exc:
+            return problem(fail(400, "invalid", str(exc)))
+        until = self.engine.clock.now()
+        since = until - minutes * 60
+        bucket = minutes * 60 / count
+        rows = await self.engine.store.activity(since, until, bucket)
+        return answer(200, activity_json(self.engine.config, rows, since, bucket, count))
 
     async def channels(self, request: web.Request, _: Identity | None, __: str) -> web.Response:
         config = self.engine.config

@@ -89,11 +89,15 @@ def time_of(body: dict[str, Any], name: str) -> float | None:
     raise BadRequest(f"{name}: expected epoch seconds or an ISO 8601 time with an offset")
 
 
-def limit_of(body: dict[str, Any]) -> int:
-    value = body.get("limit", PAGE_DEFAULT)
-    if type(value) is not int or not 1 <= value <= PAGE_MAX:
-        raise BadRequest(f"limit: expected an integer from 1 to {PAGE_MAX}")
+def int_of(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = body.get(name, default)
+    if type(value) is not int or not low <= value <= high:
+        raise BadRequest(f"{name}: expected an integer from {low} to {high}")
     return value
+
+
+def limit_of(body: dict[str, Any]) -> int:
+    return int_of(body, "limit", PAGE_DEFAULT, 1, PAGE_MAX)
 
 
 def filter_fields() -> dict[str, Any]:

@@ -13,7 +13,13 @@ from typing import Any
 
 from engine import __version__
 from engine.api.bodies import MAX_IDS, MAX_ROW_ID, PAGE_DEFAULT, PAGE_MAX, filter_fields
-from engine.security.permissions import GRANTS, HTTP_ROUTES, Route
+from engine.api.stats import (
+    STATS_BUCKETS_DEFAULT,
+    STATS_BUCKETS_MAX,
+    STATS_WINDOW_DEFAULT,
+    STATS_WINDOW_MAX,
+)
+from engine.security.permissions import GRANTS, HTTP_ROUTES, Permission, Route
 
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 _ID: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": MAX_ROW_ID}
@@ -50,6 +56,19 @@ _ANY_OBJECT: dict[str, Any] = {"type": "object"}
 # route name -> (summary, request body schema or None, answer schema)
 OPERATIONS: dict[str, tuple[str, dict[str, Any] | None, dict[str, Any]]] = {
     "api.openapi": ("This document", None, _ANY_OBJECT),
+    "api.me": ("The caller: name, role and the permissions the role holds", None,
+               _object(name={"type": "string"}, kind={"type": "string"},
+                       role={"type": "string"},
+                       may={"type": "array", "items": {"enum": [p.value for p in Permission]}})),
+    "api.stats": (
+        "Per channel (received, filtered, errors) and destination (queued, sent, failed, mean "
+        "delivery latency in ms) counts of the messages received in each time bucket of the "
+        "last window_minutes",
+        _object(window_minutes={"type": "integer", "minimum": 1, "maximum": STATS_WINDOW_MAX,
+                                "default": STATS_WINDOW_DEFAULT},
+                buckets={"type": "integer", "minimum": 1, "maximum": STATS_BUCKETS_MAX,
+                         "default": STATS_BUCKETS_DEFAULT}),
+        _ANY_OBJECT),
     "api.channels": ("Channels: their listeners, accepted types and destinations", None,
                      _ANY_OBJECT),
     "api.listeners": ("Listeners: address, TLS, what they serve, their counters", None,

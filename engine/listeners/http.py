@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from engine.api.console import console_handlers
 from engine.config.model import ListenerConfig
 from engine.fhir.capability import capability_statement
 from engine.fhir.outcome import Invalid, Issue, operation_outcome
@@ -141,7 +142,7 @@ class HttpListener:
         self.limits = RequestLimits(self.http.rate_limit)
         self.auth = auth or HttpAuth(config.name, None, None)
         # The routes of what this listener serves; the credential routes on every one.
-        served = {"auth", *self.http.serve}
+        served = {"auth", *self.http.serve} | ({"console"} if "admin" in self.http.serve else set())
         routes = [r for r in HTTP_ROUTES if r.service in served]
         self.routes = RouteTable(routes, self._base)
         self._handlers: dict[str, Handler] = {
@@ -161,6 +162,7 @@ class HttpListener:
         if "admin" in self.http.serve:
             assert admin is not None, "a listener serving admin needs the engine's admin API"
             self._handlers |= admin.handlers(self.auth)
+            self._handlers |= console_handlers()
         # A route without its handler, or a handler without a route (and so without a
         # permission), is a bug to catch at start, not on the first request.
         assert set(self._handlers) == {r.name for r in routes}

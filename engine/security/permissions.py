@@ -12,8 +12,9 @@ Rules kept here:
   `viewer` (providers) reads and searches; `system` (an EHR feed) sends messages and
   resources and reads nothing back from the store; `auditor` reads the audit trail only.
 - `PUBLIC` routes need no credential (the CapabilityStatement, the SMART configuration, the
-  token and login endpoints); `NO_PHI` commands touch no stored message (checking or testing
-  configuration, the fakes, the benchmark, `engine run` itself, which is the service).
+  token and login endpoints, the console's page and static files); `NO_PHI` commands touch
+  no stored message (checking or testing configuration, the fakes, the benchmark, `engine
+  run` itself, which is the service).
 """
 
 from __future__ import annotations
@@ -84,10 +85,13 @@ class Route:
 
     @property
     def service(self) -> str:
-        """What serves it: `auth` (every HTTP listener), `fhir` or `admin` (the listeners
-        whose `serve:` names it), from the name's first word."""
+        """What serves it: `auth` (every HTTP listener), `fhir`, `admin` or `console` (the
+        console is served with the admin API, on the listeners whose `serve:` names admin),
+        from the name's first word."""
         head = self.name.split(".", 1)[0]
-        return "auth" if head == "auth" else "fhir" if head in ("fhir", "smart") else "admin"
+        if head in ("auth", "console"):
+            return head
+        return "fhir" if head in ("fhir", "smart") else "admin"
 
 
 HTTP_ROUTES: tuple[Route, ...] = (
@@ -102,6 +106,8 @@ HTTP_ROUTES: tuple[Route, ...] = (
     Route("fhir.read", "GET", "{base}/Appointment/{id}", (Permission.READ,)),
     # The admin API (engine.api.admin); its OpenAPI document describes exactly these.
     Route("api.openapi", "GET", "/api/openapi.json", PUBLIC),
+    Route("api.me", "GET", "/api/me", (Permission.SESSION,)),
+    Route("api.stats", "POST", "/api/stats", (Permission.STATUS,)),
     Route("api.channels", "GET", "/api/channels", (Permission.STATUS,)),
     Route("api.listeners", "GET", "/api/listeners", (Permission.STATUS,)),
     # Searches go by POST: a filter (a patient id) must not travel in a URL.
@@ -118,6 +124,10 @@ HTTP_ROUTES: tuple[Route, ...] = (
     Route("metrics", "GET", "/metrics", (Permission.STATUS,)),
     Route("health.live", "GET", "/health/live", PUBLIC),
     Route("health.ready", "GET", "/health/ready", PUBLIC),
+    # The web console (engine.api.console): its page and static files hold no data (every
+    # datum comes from /api with the caller's session), so anyone may load them.
+    Route("console.page", "GET", "/console", PUBLIC),
+    Route("console.asset", "GET", "/console/{id}", PUBLIC),
 )
 
 # Every CLI command, by its words (`"audit search"`). Subcommand groups list each verb.

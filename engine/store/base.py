@@ -280,6 +280,21 @@ class MessageFilter:
 
 
 @dataclass(frozen=True)
+class ActivityRow:
+    """How many of one channel's results (`scope` channel: ok, filtered, error, duplicate) or
+    one destination's deliveries (`scope` destination: queued, sent, failed, discarded) are
+    in `status` among the messages received in time bucket `bucket` (0-based from the
+    window's start)."""
+
+    scope: Literal["channel", "destination"]
+    name: str
+    bucket: int
+    status: str
+    count: int
+    latency: float = 0.0  # sent deliveries: mean seconds from the message's receipt to sent
+
+
+@dataclass(frozen=True)
 class StoreStats:
     commits: int = 0
     rows: int = 0
@@ -373,6 +388,10 @@ class Store(Protocol):
         """Messages matching the filter, newest first."""
 
     async def get(self, message_id: int) -> MessageDetail | None: ...
+
+    async def activity(self, since: float, until: float, bucket: float) -> list[ActivityRow]:
+        """Counts per channel and destination of the messages received in [since, until),
+        by bucket of `bucket` seconds (the dashboard's charts)."""
 
     async def deliveries(
         self, destination: str | None = None, status: str | None = None, limit: int = 1000

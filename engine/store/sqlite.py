@@ -36,6 +36,7 @@ from engine.store import sqlite_queries as queries
 from engine.store import sqlite_search
 from engine.store import sqlite_writes as writes
 from engine.store.base import (
+    ActivityRow,
     AppointmentRow,
     AppointmentVersionRow,
     Attempt,
@@ -50,6 +51,7 @@ from engine.store.base import (
     NewMessage,
     StoreStats,
 )
+from engine.store.sqlite_activity import activity
 from engine.store.sqlite_schema import (
     MIGRATIONS,
     Migration,
@@ -348,6 +350,9 @@ class SqliteStore:
 
     async def get(self, message_id: int) -> MessageDetail | None:
         return await self._read(partial(queries.get, message_id=message_id))
+
+    async def activity(self, since: float, until: float, bucket: float) -> list[ActivityRow]:
+        return await self._read(partial(activity, since=since, until=until, bucket=bucket))
 
     async def deliveries(
         self, destination: str | None = None, status: str | None = None, limit: int = 1000

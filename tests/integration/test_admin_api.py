@@ -262,3 +262,57 @@ async def test_a_listener_serving_only_admin_has_no_fhir_api(admin: Admin) -> No
     assert status == 200
     kinds = {row["name"]: row["serve"] for row in body["listeners"]}
     assert kinds == {"feed": ["messages"], "console": ["admin"]}
+
+
+async def test_stats_count_per_channel_and_destination_over_the_window(admin: Admin) -> None:
+    await admin.send("STAT0001")  # the EHR is down: this one fails
+
+    async def failed() -> bool:
+        return len(await failed_queue(admin)) == 1
+
+    await eventually(failed, what="the delivery failed")
+    async with FakeEhr(port=admin.ehr_port) as ehr:
+        await admin.send("STAT0002")
+        await ehr.wait_until(lambda: len(ehr.received) == 1)
+
+        async def sent() -> bool:
+            status, body = await admin.call("POST", "/api/stats", "viewer", {})
+            return status == 200 and sum(body["destinations"]["clinic-ehr"]["sent"]) == 1
+
+        await eventually(sent, what="the delivery counted as sent")
+    status, body = await admin.call("POST", "/api/stats", "viewer",
+                                    {"window_minutes": 10, "buckets": 5})  # fmt: skip
+    assert status == 200, body
+    assert len(body["buckets"]) == 5 and body["bucket_seconds"] == 120
+    siu = body["channels"]["siu"]
+    assert sum(siu["received"]) == 2 and sum(siu["filtered"]) == sum(siu["errors"]) == 0
+    ehr_series = body["destinations"]["clinic-ehr"]
+    assert sum(ehr_series["failed"]) == 1 and sum(ehr_series["sent"]) == 1
+    assert sum(ehr_series["queued"]) == 0 and max(ehr_series["latency_ms"]) > 0
+    # Both were received within the last bucket of the window.
+    assert siu["received"][-1] == 2
+    status, outcome = await admin.call("POST", "/api/stats", "viewer", {"buckets": 100000})
+    assert status == 400 and "buckets" in outcome["issue"][0]["diagnostics"]
+
+
+async def test_me_names_the_caller_and_what_its_role_may_do(admin: Admin) -> None:
+    status, me = await admin.call("GET", "/api/me", "viewer")
+    assert status == 200
+    assert me == {"name": "root1", "kind": "user", "role": "viewer",
+                  "may": ["read", "search", "session", "status"]}  # fmt: skip
+    status, me = await admin.call("GET", "/api/me", "admin")
+    assert me["role"] == "admin" and "replay" in me["may"]
+
+
+async def test_the_console_serves_its_shipped_files_only_under_its_policy(admin: Admin) -> None:
+    for path, status, kind in [("/console/", 200, "text/html"), ("/console", 200, "text/html"),
+                               ("/console/app.js", 200, "text/javascript"),
+                               ("/console/no-such.js", 404, "text/plain")]:
+        async with admin.http.get(admin.origin + path) as response:
+            assert (response.status, response.content_type) == (status, kind), path
+            assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+            if status == 200:
+                assert response.headers["X-Content-Type-Options"] == "nosniff"
+    for path in ("/console/..%2fconsole.py", "/console/%2e%2e/console.py"):
+        async with admin.http.get(admin.origin + path) as response:
+            assert response.status == 404 and b"import" not in await response.read(), path

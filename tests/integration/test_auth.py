@@ -46,6 +46,8 @@ ALLOWED: dict[str, set[str]] = {
     "fhir.update": {"admin", "system", "operator"},
     "fhir.read": {"admin", "operator", "viewer"},
     "api.openapi": set(ROLES),
+    "api.me": set(ROLES),
+    "api.stats": {"admin", "operator", "viewer"},
     "api.channels": {"admin", "operator", "viewer"},
     "api.listeners": {"admin", "operator", "viewer"},
     "api.messages.search": {"admin", "operator", "viewer"},
@@ -59,10 +61,14 @@ ALLOWED: dict[str, set[str]] = {
     "metrics": {"admin", "operator", "viewer"},
     "health.live": set(ROLES),
     "health.ready": set(ROLES),
+    "console.page": set(ROLES),
+    "console.asset": set(ROLES),
 }
 # What each admin route is called with: (method, path, JSON body or None).
 ADMIN_CALLS: dict[str, tuple[str, str, Any]] = {
     "api.openapi": ("GET", "/api/openapi.json", None),
+    "api.me": ("GET", "/api/me", None),
+    "api.stats": ("POST", "/api/stats", {"window_minutes": 10, "buckets": 5}),
     "api.channels": ("GET", "/api/channels", None),
     "api.listeners": ("GET", "/api/listeners", None),
     "api.messages.search": ("POST", "/api/messages/search", {"limit": 5}),
@@ -76,6 +82,8 @@ ADMIN_CALLS: dict[str, tuple[str, str, Any]] = {
     "metrics": ("GET", "/metrics", None),
     "health.live": ("GET", "/health/live", None),
     "health.ready": ("GET", "/health/ready", None),
+    "console.page": ("GET", "/console/", None),
+    "console.asset": ("GET", "/console/app.js", None),
 }
 JSON = {"Content-Type": "application/json"}
 
