@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import typing
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,7 @@ from engine.runtime.replay import Replayer, ReplayPlan
 from engine.security.audit import Action
 from engine.security.identities import Identity
 from engine.security.permissions import GRANTS
+from engine.store.base import Resolution
 from engine.store.views import detail_json, message_json
 
 if TYPE_CHECKING:
@@ -65,6 +67,7 @@ log = logging.getLogger("engine.api")
 Handler = Callable[[web.Request, Identity | None, str], Awaitable[web.Response]]
 
 REPLAY_MAX = 1000
+RESOLUTIONS: tuple[Resolution, ...] = typing.get_args(Resolution)
 
 
 def iso(moment: float) -> str:
@@ -105,6 +108,7 @@ class AdminApi:
             "api.deliveries.retry": bound.retry,
             "api.deliveries.discard": bound.discard,
             "api.replay": bound.replay,
+            "api.conflicts.resolve": bound.resolve,
             "api.audit.search": bound.audit_search,
             "api.config.reload": bound.reload,
             "metrics": bound.metrics,
@@ -301,6 +305,32 @@ class _Bound:
         refused = await self._audit(request, who, "E", "POST api.deliveries.discard",
                                     0 if count else 4, query={"delivery_ids": ids}, count=count)
         return refused or answer(200, {"discarded": count})
+
+    # -- flagged conflicts -------------------------------------------------------------
+
+    async def resolve(self, request: web.Request, who: Identity | None, id_: str) -> web.Response:
+        try:
+            body = await json_object(request)
+            only(body, {"outcome"})
+            outcome = body.get("outcome")
+            if outcome not in RESOLUTIONS:
+                raise BadRequest(f"outcome: expected one of {', '.join(RESOLUTIONS)}")
+        except BadRequest as exc:
+            return problem(fail(400, "invalid", str(exc)))
+        message_id = row_id(id_)
+        result = "not_flagged" if message_id is None else await self.engine.store.resolve_conflict(
+            message_id, who.subject if who is not None else "", outcome)
+        refused = await self._audit(
+            request, who, "U", "POST api.conflicts.resolve", 0 if result == "resolved" else 4,
+            message_ids=(message_id,) if message_id is not None else (),
+            query={"outcome": outcome})  # fmt: skip
+        if refused is not None:
+            return refused
+        if result == "not_flagged":
+            return problem(fail(404, "not-found", "no flagged conflict on this message"))
+        if result == "already_resolved":
+            return problem(fail(409, "conflict", "this conflict was already resolved"))
+        return answer(200, {"message_id": message_id, "outcome": outcome})
 
     # -- replay ------------------------------------------------------------------------
 

@@ -102,6 +102,11 @@ OPERATIONS: dict[str, tuple[str, dict[str, Any] | None, dict[str, Any]]] = {
     "health.live": ("The process answers", None, _object(status={"type": "string"})),
     "health.ready": ("Ready: the store takes a write and every listener is bound (503 "
                      "otherwise, naming the failed check)", None, _ANY_OBJECT),
+    "api.conflicts.resolve": (
+        "Resolve a flagged appointment conflict (once): accepted, corrected or dismissed; "
+        "open ones are a search with flagged: true, resolved: false",
+        _object(outcome={"enum": ["accepted", "corrected", "dismissed"]}),
+        _object(message_id={"type": "integer"}, outcome={"type": "string"})),
     "api.audit.search": (
         "Search the audit trail, newest first",
         _object(patient={"type": "string"}, user={"type": "string"},
@@ -146,7 +151,7 @@ def _operation(route: Route) -> dict[str, Any]:
             **{code: {"description": text} for code, text in _ERRORS.items()},
         },
     }  # fmt: skip
-    if "{id}" in route.path:
+    if "{id}" in route.path:  # a message id on every route that has one
         operation["parameters"] = [{"name": "id", "in": "path", "required": True,
                                     "schema": _ID}]  # fmt: skip
     if route.name == "api.deliveries.failed":

@@ -53,6 +53,11 @@ def add_filters(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="only messages whose appointment was flagged (double booking, out of order, ...)",
     )
+    conflicts = parser.add_mutually_exclusive_group()
+    conflicts.add_argument("--resolved", action="store_true", default=None,
+                           help="only flagged conflicts a person resolved")
+    conflicts.add_argument("--unresolved", dest="resolved", action="store_false",
+                           help="only flagged conflicts still open (implies --flagged)")
     parser.add_argument("--limit", type=int, default=100)
 
 
@@ -69,7 +74,8 @@ def message_filter(args: argparse.Namespace, limit: int | None = None) -> Messag
         appointment_id=args.appointment_id,
         message_type=args.message_type,
         ack_code=args.ack_code,
-        flagged=args.flagged,
+        flagged=True if args.resolved is not None else args.flagged,
+        resolved=args.resolved,
         limit=limit if limit is not None else args.limit,
     )
 

@@ -117,6 +117,8 @@ HTTP_ROUTES: tuple[Route, ...] = (
     Route("api.deliveries.retry", "POST", "/api/deliveries/retry", (Permission.RETRY,)),
     Route("api.deliveries.discard", "POST", "/api/deliveries/discard", (Permission.RETRY,)),
     Route("api.replay", "POST", "/api/replay", (Permission.REPLAY,)),
+    # Front-desk work, as a retry is: the conflict was seen and dealt with.
+    Route("api.conflicts.resolve", "POST", "/api/conflicts/{id}/resolve", (Permission.RETRY,)),
     Route("api.audit.search", "POST", "/api/audit/search", (Permission.AUDIT,)),
     Route("api.config.reload", "POST", "/api/config/reload", (Permission.CONFIGURE,)),
     # Counters by configuration name only (no PHI), but volumes are the business's own:

@@ -22,6 +22,10 @@ from typing import Literal, Protocol
 MessageStatus = Literal["processed", "error", "rejected", "duplicate"]
 ResultStatus = Literal["ok", "filtered", "error", "duplicate"]
 DeliveryStatus = Literal["queued", "sent", "failed", "discarded"]
+# How a person resolved a flagged appointment conflict: the flagged version stands
+# (`accepted`), it was put right at the source (`corrected`), or it needs nothing (`dismissed`).
+Resolution = Literal["accepted", "corrected", "dismissed"]
+ResolveOutcome = Literal["resolved", "not_flagged", "already_resolved"]
 AttemptOutcome = Literal["sent", "retry", "failed"]
 
 
@@ -275,6 +279,8 @@ class MessageFilter:
     # True: only messages whose recorded appointment version has warnings (a conflict was
     # flagged or rejected); False: only the others, messages without an appointment included.
     flagged: bool | None = None
+    # With flagged: True only conflicts a person resolved, False only those still open.
+    resolved: bool | None = None
     limit: int = 100
     before_id: int | None = None  # paging: only ids below this (newest first)
 
@@ -383,6 +389,11 @@ class Store(Protocol):
     async def discard(self, delivery_ids: list[int]) -> int:
         """Failed deliveries to `discarded` (an operator gives up on them); returns count.
         Queued ones are left alone: a running engine's lane holds them."""
+
+    async def resolve_conflict(
+        self, message_id: int, by: str, outcome: Resolution
+    ) -> ResolveOutcome:
+        """Record that `by` resolved the flagged conflict of the message (once)."""
 
     async def search(self, flt: MessageFilter) -> list[MessageRow]:
         """Messages matching the filter, newest first."""

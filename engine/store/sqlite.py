@@ -49,6 +49,8 @@ from engine.store.base import (
     MessageRow,
     NewDelivery,
     NewMessage,
+    Resolution,
+    ResolveOutcome,
     StoreStats,
 )
 from engine.store.sqlite_activity import activity
@@ -318,6 +320,13 @@ class SqliteStore:
 
     async def requeue_failed(self, destination: str) -> int:
         return await self.writer.submit(writes.requeue_failed, (destination, self._clock()))
+
+    async def resolve_conflict(
+        self, message_id: int, by: str, outcome: Resolution
+    ) -> ResolveOutcome:
+        return await self.writer.submit(
+            writes.resolve_conflict, (message_id, by, outcome, self._clock())
+        )
 
     async def discard(self, delivery_ids: list[int]) -> int:
         if not delivery_ids:

@@ -194,7 +194,19 @@ _V3: Migration = (
         GROUP BY 1""",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
+# Version 4: a flagged appointment conflict resolved by a person (engine.api, the console):
+# who, when and how (a fixed word, no free text: a note could carry PHI). One row per message,
+# never updated: a resolution is a fact of the record, like the warning it answers.
+_V4: Migration = (
+    """CREATE TABLE conflict_resolutions (
+        message_id INTEGER PRIMARY KEY REFERENCES messages(id),
+        resolved_at REAL NOT NULL,
+        resolved_by TEXT NOT NULL,
+        outcome TEXT NOT NULL
+    )""",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4)
 
 
 class StoreSchemaError(RuntimeError):

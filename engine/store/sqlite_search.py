@@ -43,6 +43,7 @@ from engine.store.sqlite_queries import (
 from engine.store.sqlite_schema import sealer_of
 
 # Values most messages carry: a filter on one of them matches too much to drive the search.
+_RESOLVED: Final = "SELECT message_id FROM conflict_resolutions"
 _USUAL: Final = frozenset({("status", "processed"), ("ack_code", "AA")})
 _HOUR: Final = "CAST(? / 3600 AS INTEGER)"  # the same expression as sqlite_writes._UPSERT_HOUR
 _BY_DELIVERY: Final = ("deliveries d CROSS JOIN messages m ON m.id = d.message_id", "d.message_id")
@@ -129,6 +130,8 @@ def search_sql(flt: MessageFilter, seal: RowSealer = CLEAR) -> tuple[str, list[o
     terms.params.extend(few.params)
     if flt.flagged is not None:
         terms.add(f"m.id {'IN' if flt.flagged else 'NOT IN'} ({appointments.FLAGGED_MESSAGES})")
+    if flt.resolved is not None:
+        terms.add(f"m.id {'IN' if flt.resolved else 'NOT IN'} ({_RESOLVED})")
     if flt.channel is not None and driver != "channel":
         terms.add(
             "EXISTS (SELECT 1 FROM channel_results c"

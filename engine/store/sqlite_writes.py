@@ -23,6 +23,7 @@ from engine.store.base import (
     Ingested,
     NewAppointmentVersion,
     NewDelivery,
+    ResolveOutcome,
 )
 from engine.store.sqlite_queries import DELIVERY_COLUMNS, delivery_from_row
 from engine.store.sqlite_schema import keeps_hours, sealer_of
@@ -331,6 +332,23 @@ def requeue_failed(conn: sqlite3.Connection, arg: tuple[str, float]) -> int:
 def discard(conn: sqlite3.Connection, arg: tuple[list[int], float]) -> int:
     ids, now = arg
     return conn.execute(_DISCARD, (now, json.dumps(ids))).rowcount
+
+
+_FLAGGED: Final = (
+    "SELECT 1 FROM appointment_versions WHERE message_id = ? AND warnings IS NOT NULL"
+)
+_RESOLVE: Final = """INSERT OR IGNORE INTO conflict_resolutions
+    (message_id, resolved_at, resolved_by, outcome) VALUES (?, ?, ?, ?)"""
+
+
+def resolve_conflict(
+    conn: sqlite3.Connection, arg: tuple[int, str, str, float]
+) -> ResolveOutcome:
+    message_id, by, outcome, now = arg
+    if conn.execute(_FLAGGED, (message_id,)).fetchone() is None:
+        return "not_flagged"
+    inserted = conn.execute(_RESOLVE, (message_id, now, by, outcome)).rowcount
+    return "resolved" if inserted else "already_resolved"
 
 
 def probe(conn: sqlite3.Connection, _: None) -> None:

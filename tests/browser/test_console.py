@@ -158,3 +158,18 @@ async def test_a_viewer_sees_no_replay_button_and_cannot_replay(
         return response.status;
     }""")
     assert status == 403
+
+
+async def test_an_operator_resolves_a_flagged_conflict(admin: Admin, page: Page) -> None:
+    await admin.send("CNF00001", name="siu_s15_cancel.hl7")  # cancels an unknown appointment
+    await log_in(admin, page, "desk1", "operator")
+    await page.goto(admin.origin + "/console/#/failed")
+    row = page.locator("#conflicts tbody tr")
+    await expect(row).to_have_count(1)
+    await row.get_by_role("button", name="Corrected at source").click()
+    await page.click("#confirm-ok")
+    await expect(row.locator(".status")).to_have_text("resolved (corrected)")
+    await page.reload()
+    await expect(page.locator("#conflicts")).to_contain_text("No open conflicts.")
+    done = [(r.actor.who, r.event.what, r.event.query) for r in admin.trail.search(action="U")]
+    assert done == [("user:desk1", "POST api.conflicts.resolve", {"outcome": "corrected"})]

@@ -53,8 +53,10 @@ class Admin:
                                      headers=headers) as response:  # fmt: skip
             return response.status, await response.json(content_type=None)
 
-    async def send(self, control_id: str, patient: str = "PAT1") -> None:
-        message = sample("siu_s12_new_patient.hl7").replace(b"MSG00001", control_id.encode())
+    async def send(self, control_id: str, patient: str = "PAT1",
+                   name: str = "siu_s12_new_patient.hl7", appointment: str = "APT1001") -> None:
+        message = re.sub(rb"\|MSG\d+\|", f"|{control_id}|".encode(), sample(name), count=1)
+        message = message.replace(b"APT1001", appointment.encode())
         message = re.sub(rb"(PID\|1\|\|)[^|^]+", rb"\g<1>" + patient.encode(), message, count=1)
         client = await MllpClient.connect("127.0.0.1", self.mllp_port)
         try:
@@ -230,6 +232,38 @@ async def test_a_reload_is_refused_with_its_problems_then_accepted(
     records = [(r.actor.who, r.event.outcome) for r in admin.trail.search()
                if r.event.what == "config reload"]
     assert records == [("user:root1", 0), ("user:root1", 4)]  # newest first
+
+
+async def test_a_flagged_conflict_is_resolved_once(admin: Admin) -> None:
+    await admin.send("CNF00001", name="siu_s15_cancel.hl7")  # cancels an unknown appointment
+    await admin.send("CNF00002", appointment="APT2002")
+    open_ = {"flagged": True, "resolved": False}
+    status, found = await admin.call("POST", "/api/messages/search", "operator", open_)
+    [conflict] = found["messages"]
+    assert conflict["keys"]["control_id"] == "CNF00001"
+    path = f"/api/conflicts/{conflict['id']}/resolve"
+    status, body = await admin.call("POST", path, "operator", {"outcome": "maybe"})
+    assert status == 400 and "outcome" in body["issue"][0]["diagnostics"]
+    status, _ = await admin.call("POST", path, "viewer", {"outcome": "accepted"})
+    assert status == 403
+    status, body = await admin.call("POST", path, "operator", {"outcome": "accepted"})
+    assert status == 200 and body == {"message_id": conflict["id"], "outcome": "accepted"}
+    status, _ = await admin.call("POST", path, "operator", {"outcome": "dismissed"})
+    assert status == 409
+    _, other = await admin.call("POST", "/api/messages/search", "operator",
+                                {"control_id": "CNF00002"})  # fmt: skip
+    status, _ = await admin.call("POST", f"/api/conflicts/{other['messages'][0]['id']}/resolve",
+                                 "operator", {"outcome": "accepted"})  # fmt: skip
+    assert status == 404  # nothing flagged on it
+    status, found = await admin.call("POST", "/api/messages/search", "operator", open_)
+    assert found["messages"] == []
+    status, found = await admin.call("POST", "/api/messages/search", "operator",
+                                     {"flagged": True, "resolved": True})  # fmt: skip
+    assert [m["id"] for m in found["messages"]] == [conflict["id"]]
+    records = [(r.event.outcome, r.event.message_ids) for r in admin.trail.search(action="U")
+               if r.event.what == "POST api.conflicts.resolve"]  # fmt: skip
+    assert records == [(4, (other["messages"][0]["id"],)), (4, (conflict["id"],)),
+                       (0, (conflict["id"],))]  # newest first; the 400 and 403 never got here
 
 
 async def test_metrics_and_health_over_http(admin: Admin) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from engine.security.identities import Identities
 from engine.security.identities_store import ROLES, IdentityStore
 from engine.security.permissions import HTTP_ROUTES
 from engine.security.tokens import ASSERTION_TYPE, Access
+from engine.store.base import MessageFilter
 from tests.integration.conftest import free_port
 from tests.integration.fhir_support import appointment, archive_channel, write_fhir_config
 
@@ -56,6 +57,7 @@ ALLOWED: dict[str, set[str]] = {
     "api.deliveries.retry": {"admin", "operator"},
     "api.deliveries.discard": {"admin", "operator"},
     "api.replay": {"admin"},
+    "api.conflicts.resolve": {"admin", "operator"},
     "api.audit.search": {"admin", "auditor"},
     "api.config.reload": {"admin"},
     "metrics": {"admin", "operator", "viewer"},
@@ -77,6 +79,8 @@ ADMIN_CALLS: dict[str, tuple[str, str, Any]] = {
     "api.deliveries.retry": ("POST", "/api/deliveries/retry", {"delivery_ids": [999999]}),
     "api.deliveries.discard": ("POST", "/api/deliveries/discard", {"delivery_ids": [999999]}),
     "api.replay": ("POST", "/api/replay", {"message_ids": [1], "dry_run": True}),
+    # {id}: a message with an open conflict, made by `flagged` for each attempt.
+    "api.conflicts.resolve": ("POST", "/api/conflicts/{id}/resolve", {"outcome": "accepted"}),
     "api.audit.search": ("POST", "/api/audit/search", {}),
     "api.config.reload": ("POST", "/api/config/reload", None),
     "metrics": ("GET", "/metrics", None),
@@ -97,6 +101,7 @@ class Site:
     trail: AuditStore
     credentials: dict[str, dict[str, str]]  # role -> headers
     admin_secret: str
+    flagged: list[str] = field(default_factory=list)  # tags of the conflicts made so far
 
     async def call(self, method: str, path: str, role: str | None, body: Any = None,
                    form: dict[str, str] | None = None,
@@ -181,6 +186,22 @@ async def created(site: Site, tag: str) -> dict[str, Any]:
     return dict(body)
 
 
+async def flagged(site: Site, tag: str) -> int:
+    """A message whose appointment was flagged: a second booking of the sample's practitioner
+    at the time of a first (a double booking); its id."""
+    day = 1 + len(site.flagged) % 28
+    site.flagged.append(tag)
+    for n in (1, 2):
+        resource = appointment("booked")
+        resource["identifier"] = [{"system": "urn:test:booking", "value": f"F-{tag}-{n}"}]
+        resource["start"], resource["end"] = f"2032-02-{day:02d}T09:00:00Z", (
+            f"2032-02-{day:02d}T09:30:00Z")
+        status, body = await site.call("POST", "/fhir/Appointment", "system", resource)
+        assert status in (200, 201), body
+    [row] = await site.engine.store.search(MessageFilter(flagged=True, resolved=False, limit=1))
+    return row.id
+
+
 def cancelled(resource: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in resource.items() if k != "meta"}, "status": "cancelled"}
 
@@ -192,6 +213,8 @@ async def attempt(site: Site, name: str, role: str | None) -> int:
         if name == "api.message" or name == "api.replay":
             await created(site, tag)  # message 1 exists
         method, path, body = ADMIN_CALLS[name]
+        if "{id}" in path:
+            path = path.replace("{id}", str(await flagged(site, tag)))
         return (await site.call(method, path, role, body, headers=JSON))[0]
     if name == "fhir.metadata":
         return (await site.call("GET", "/fhir/metadata", role))[0]

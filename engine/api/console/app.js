@@ -190,7 +190,40 @@ async function failedQueue() {
   });
   show(h("h1", {}, "Failed syncs"), notice,
     deliveries.length ? table(["Message", "Channel", "Destination", "Attempts", "Failed at",
-      "Why", "Status", ""], rows, { id: "failed" }) : h("p", {}, "No failed deliveries."));
+      "Why", "Status", ""], rows, { id: "failed" }) : h("p", {}, "No failed deliveries."),
+    may("search") ? await openConflicts() : null);
+}
+
+// Appointment conflicts the engine flagged (double booking, out of order, unknown
+// appointment...) and nobody has resolved yet; resolving one records who and how.
+const RESOLUTIONS = [["accepted", "Accept"], ["corrected", "Corrected at source"],
+  ["dismissed", "Dismiss"]];
+
+async function openConflicts() {
+  const { messages: flagged } = await call("POST", "/api/messages/search",
+    { flagged: true, resolved: false, limit: 100 });
+  const notice = h("p", { role: "status" });
+  const rows = flagged.map((m) => {
+    const state = h("td", { class: "status" }, "open");
+    const actions = h("td", {});
+    if (may("retry")) {
+      append(actions, RESOLUTIONS.map(([outcome, label]) => h("button", {
+        type: "button", class: `resolve-${outcome}`, onclick: async () => {
+          if (!await confirmAction(`${label}: resolve the conflict of message ${m.id}?`)) return;
+          try {
+            await call("POST", `/api/conflicts/${m.id}/resolve`, { outcome });
+            state.textContent = `resolved (${outcome})`;
+            actions.replaceChildren();
+          } catch (error) { notice.textContent = error.message; }
+        } }, label)));
+    }
+    return h("tr", { dataset: { message: m.id } },
+      h("td", {}, h("a", { href: `#/message/${m.id}` }, `#${m.id}`)),
+      h("td", {}, m.keys.message_type), h("td", {}, when(m.received_at)), state, actions);
+  });
+  return h("section", { id: "conflicts" }, h("h2", {}, "Flagged conflicts"), notice,
+    flagged.length ? table(["Message", "Type", "Received", "State", ""], rows)
+      : h("p", {}, "No open conflicts."));
 }
 
 // -- message browser ---------------------------------------------------------------------
