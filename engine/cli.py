@@ -98,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", type=int, metavar="ID")
     add_filters(p)
     p.set_defaults(limit=0)
-    p.add_argument("--to", metavar="DESTINATION", help="deliver only to this destination")
+    p.add_argument("--to", metavar="DESTINATION", action="append",
+                   help="deliver only to this destination (repeat for several)")
     p.add_argument("--dry-run", action="store_true", help="print what would be sent where")
 
     p = command("retry", "send failed deliveries again (one, several, or a destination's)")

@@ -339,7 +339,7 @@ class _Bound:
             body = await json_object(request)
             only(body, {"message_ids", "filter", "to", "dry_run"})
             ids = ids_of(body, "message_ids")
-            to = text_of(body, "to")
+            to = _destinations(body)
             dry_run = body.get("dry_run", False)
             if not isinstance(dry_run, bool):
                 raise BadRequest("dry_run: expected true or false")
@@ -414,6 +414,18 @@ class _Bound:
                                     count=len(found))  # fmt: skip
         return refused or answer(200, {"records": [
             r.body() | {"recorded_iso": iso(r.recorded), "hash": r.hash} for r in found]})
+
+
+def _destinations(body: dict[str, Any]) -> list[str] | None:
+    """A replay's `to`: one destination name or a list of them; None (absent): all."""
+    value = body.get("to")
+    names = [value] if isinstance(value, str) else value
+    if names is None:
+        return None
+    if (not isinstance(names, list) or not names or len(names) > 100
+            or not all(isinstance(n, str) and n for n in names)):
+        raise BadRequest("to: expected a destination name or a list of 1 to 100 of them")
+    return list(dict.fromkeys(names))
 
 
 def _plan_json(plan: ReplayPlan) -> dict[str, Any]:

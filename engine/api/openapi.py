@@ -88,8 +88,11 @@ OPERATIONS: dict[str, tuple[str, dict[str, Any] | None, dict[str, Any]]] = {
                                _object(discarded={"type": "integer"})),
     "api.replay": (
         "Replay messages through today's channels (by id, or a filter); dry_run plans only",
-        _object(message_ids=_IDS, filter=_filter_schema(),
-                to={"type": "string", "minLength": 1}, dry_run={"type": "boolean"}),
+        _object(message_ids=_IDS, filter=_filter_schema(), to={"oneOf": [
+                    {"type": "string", "minLength": 1},
+                    {"type": "array", "minItems": 1, "maxItems": 100,
+                     "items": {"type": "string", "minLength": 1}}]},
+                dry_run={"type": "boolean"}),
         _ANY_OBJECT),
     "api.config.reload": (
         "Reload the configuration files; refused (422) with file:line:column problems, the "

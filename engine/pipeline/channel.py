@@ -105,12 +105,12 @@ class CompiledChannel:
         self,
         source: str | Message | dict[str, Any],
         codec: str,
-        only: str | None = None,
+        only: frozenset[str] | None = None,
         context: RunContext | None = None,
     ) -> ChannelOutcome:
         """Run the channel on ER7 text, or on a copy of an already parsed message or JSON
         document (so one channel's steps never reach another's); `codec` is the one the
-        source came in. `only` restricts the payloads to one destination (replay --to);
+        source came in. `only` restricts the payloads to these destinations (replay --to);
         `context` is what the run knows beyond the document (none: time 0, no appointment)."""
         run = context if context is not None else _NO_CONTEXT
         step_label = "parse"
@@ -142,7 +142,7 @@ class CompiledChannel:
             payloads = [
                 Payload(dest, key(doc), output)
                 for dest, key in self._lanes
-                if only is None or dest.name == only
+                if only is None or dest.name in only
             ]
         except StepFiltered as exc:
             return ChannelOutcome(self.name, "filtered", error=exc.reason, error_step=step_label)

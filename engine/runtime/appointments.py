@@ -226,7 +226,7 @@ class AppointmentGate:
         now: float,
         control_id: str,
         source_time: float | None = None,
-        only: str | None = None,
+        only: frozenset[str] | None = None,
     ) -> tuple[Judged | None, list[ChannelOutcome]]:
         """Judge the message's appointment (if it carries one) and run the channels with it;
         channels that refuse it as a conflict get their error outcome instead of a run. Call

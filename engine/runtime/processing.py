@@ -198,7 +198,7 @@ def route(
 def run_channels(
     decoded: Decoded,
     channels: list[CompiledChannel],
-    only: str | None = None,
+    only: frozenset[str] | None = None,
     context: RunContext | None = None,
 ) -> list[ChannelOutcome]:
     """Each channel's outcome, in order; `context` is what the runs know beyond the message

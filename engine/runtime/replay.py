@@ -8,14 +8,14 @@ a replay of an older one is `stale` (conversions send nothing, so a replay never
 state downstream). A FHIR request that named no time of its own keeps its original arrival
 time as the time it speaks for. Its deliveries are
 left for the running engine to claim (it picks them up within its poll interval, or at its
-next start). `to` limits a replay to one destination; a dry run computes the same plan and
+next start). `to` limits a replay to some destinations; a dry run computes the same plan and
 writes nothing. Duplicates are never replayed (their original is the one to replay).
 """
 
 from __future__ import annotations
 
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from engine.config.model import EngineConfig
@@ -81,21 +81,26 @@ class Replayer:
         self,
         message_ids: list[int],
         *,
-        to: str | None = None,
+        to: str | Iterable[str] | None = None,
         dry_run: bool = False,
         progress: Callable[[ReplayPlan], None] | None = None,
     ) -> list[ReplayPlan]:
-        if to is not None and not self._destination_channels(to):
-            raise ValueError(f"no channel has a destination named '{to}'")
+        """`to`: the destination (or destinations) to send to; None: every destination."""
+        targets = None if to is None else frozenset([to] if isinstance(to, str) else to)
+        for name in sorted(targets or ()):
+            if not self._destination_channels(name):
+                raise ValueError(f"no channel has a destination named '{name}'")
+        if targets is not None and not targets:
+            raise ValueError("no destination named to replay to")
         plans = []
         for message_id in message_ids:
-            plan = await self._one(message_id, to, dry_run)
+            plan = await self._one(message_id, targets, dry_run)
             plans.append(plan)
             if progress is not None:
                 progress(plan)
         return plans
 
-    async def _one(self, message_id: int, to: str | None, dry_run: bool) -> ReplayPlan:
+    async def _one(self, message_id: int, to: frozenset[str] | None, dry_run: bool) -> ReplayPlan:
         plan = ReplayPlan(message_id)
         detail = await self._store.get(message_id)
         if detail is None:
@@ -118,7 +123,7 @@ class Replayer:
         plan: ReplayPlan,
         detail: MessageDetail,
         decoded: Decoded,
-        to: str | None,
+        to: frozenset[str] | None,
         dry_run: bool,
     ) -> ReplayPlan:
         async with self._gate.hold(key_of(decoded)):
@@ -157,7 +162,8 @@ class Replayer:
         return decode_fhir(resource, detail.raw, sender=detail.message.keys.sender)
 
     async def _run(
-        self, plan: ReplayPlan, detail: MessageDetail, decoded: Decoded, to: str | None
+        self, plan: ReplayPlan, detail: MessageDetail, decoded: Decoded,
+        to: frozenset[str] | None,
     ) -> Judged | None:
         accepted: list[CompiledChannel] | Rejection
         if decoded.rejection is not None:
@@ -169,7 +175,7 @@ class Replayer:
             plan.rejection = accepted.text
             return None
         if to is not None:
-            wanted = self._destination_channels(to)
+            wanted = set().union(*(self._destination_channels(name) for name in to))
             accepted = [c for c in accepted if c.name in wanted]
         judged, plan.outcomes = await self._gate.process(
             decoded,

@@ -170,7 +170,10 @@ async def test_a_replay_is_previewed_then_queued(admin: Admin) -> None:
                                          {"control_id": "RPL00001"})  # fmt: skip
         assert status == 200, found
         [message] = found["messages"]
-        request = {"message_ids": [message["id"]], "dry_run": True}
+        request = {"message_ids": [message["id"]], "dry_run": True, "to": ["clinic-ehr"]}
+        for to, said in (([], "to:"), (["nope"], "'nope'")):
+            status, body = await admin.call("POST", "/api/replay", "admin", {**request, "to": to})
+            assert status == 400 and said in body["issue"][0]["diagnostics"], body
         status, preview = await admin.call("POST", "/api/replay", "admin", request)
         assert status == 200, preview
         [plan] = preview["plans"]

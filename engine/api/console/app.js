@@ -99,7 +99,17 @@ function drawLogin(note = "") {
 
 // -- dashboard ---------------------------------------------------------------------------
 
+// The dashboard draws itself again every REFRESH_MS while it is the page shown (a failure
+// waiting, an error rate rising: watched, not looked up); leaving it stops the timer.
+const REFRESH_MS = 30_000;
+let refresh = null;
+
 async function dashboard() {
+  clearTimeout(refresh);
+  refresh = setTimeout(() => {
+    const [, page] = location.hash.split("/");
+    if (me !== null && (page === undefined || page === "dashboard")) route();
+  }, REFRESH_MS);
   const stats = await call("POST", "/api/stats", { window_minutes: 60, buckets: 30 });
   const failed = may("read") ? (await call("GET", "/api/deliveries/failed")).deliveries : [];
   const byDestination = {};
@@ -120,7 +130,8 @@ async function dashboard() {
   });
   show(h("h1", {}, "Dashboard"),
     h("p", { class: "muted" }, `Last hour, ${stats.buckets.length} buckets of `
-      + `${Math.round(stats.bucket_seconds / 60)} min; messages counted when received.`),
+      + `${Math.round(stats.bucket_seconds / 60)} min; messages counted when received; `
+      + "drawn again every 30 s."),
     h("h2", {}, "Channels"), h("div", { class: "grid" }, channels),
     h("h2", {}, "Destinations"), h("div", { class: "grid" }, destinations));
 }
