@@ -5,6 +5,7 @@ so a run is repeatable."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import subprocess
 import sys
@@ -20,13 +21,14 @@ import schemathesis
 import yaml
 from hypothesis import HealthCheck, given, settings
 
+from engine.bench import wait_port
 from engine.security import totp
 from engine.security.atrest import new_key_line
 from engine.security.identities import Identities
 from engine.security.identities_store import IdentityStore
 from engine.security.permissions import HTTP_ROUTES
 from tests.integration.cli_support import CLI_ENV, free_ports
-from tests.integration.conftest import channel, listening, sample, write_channels
+from tests.integration.conftest import channel, sample, write_channels
 
 PASSWORD = "correct horse battery staple"
 
@@ -39,11 +41,10 @@ class Running:
 
 
 def _wait(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while not listening(port):
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "the engine did not start"
-        time.sleep(0.05)  # polling a port that is not open yet
+    try:
+        asyncio.run(wait_port(port, proc))
+    except RuntimeError as exc:
+        raise AssertionError(f"{exc}:\n{log.read_text()}") from None
 
 
 @pytest.fixture(scope="module")
