@@ -57,7 +57,7 @@ from engine.security.audit import Action
 from engine.security.identities import Identity
 from engine.security.permissions import GRANTS
 from engine.store.base import Resolution
-from engine.store.views import detail_json, message_json
+from engine.store.views import detail_json, filter_query, message_json, search_entities
 
 if TYPE_CHECKING:
     from engine.runtime.engine import Engine
@@ -223,13 +223,8 @@ class _Bound:
         except BadRequest as exc:
             return problem(fail(400, "invalid", str(exc)))
         rows = await self.engine.store.search(flt)
-        query = {k: v for k, v in dataclasses.asdict(flt).items() if v is not None}
-        refused = await self._audit(
-            request, who, "E", "POST api.messages.search", query=query, count=len(rows),
-            message_ids=tuple(r.id for r in rows),
-            patient_ids=tuple(dict.fromkeys(p for r in rows for p in r.keys.patient_ids)),
-            appointment_ids=tuple(dict.fromkeys(a for r in rows for a in r.keys.appointment_ids)),
-        )  # fmt: skip
+        refused = await self._audit(request, who, "E", "POST api.messages.search",
+                                    query=filter_query(flt), **search_entities(rows))
         if refused is not None:
             return refused
         more = len(rows) == flt.limit and rows

@@ -5,18 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any, TextIO
 
 from engine.commands.output import dump_json, segments, table, when
 from engine.security.audit import AuditEvent, AuditHook
+from engine.store import views
 from engine.store.base import (
     AppointmentVersionRow,
     MessageFilter,
     Store,
 )
-from engine.store.views import detail_json, message_json
+from engine.store.views import detail_json, message_json, search_entities
 
 
 def parse_time(text: str) -> float:
@@ -82,8 +82,7 @@ def message_filter(args: argparse.Namespace, limit: int | None = None) -> Messag
 
 def filter_query(args: argparse.Namespace) -> dict[str, Any]:
     """The filter as given, for the audit record of a search."""
-    chosen = asdict(message_filter(args))
-    return {k: v for k, v in chosen.items() if v is not None}
+    return views.filter_query(message_filter(args))
 
 
 async def messages(
@@ -92,17 +91,8 @@ async def messages(
     rows = await store.search(message_filter(args))
     if audit is not None:  # before anything is shown: what cannot be audited is not printed
         audit(
-            AuditEvent(
-                "E",  # a search is an execute in IHE BALP ("Query")
-                "engine messages",
-                message_ids=tuple(r.id for r in rows),
-                patient_ids=tuple(dict.fromkeys(p for r in rows for p in r.keys.patient_ids)),
-                appointment_ids=tuple(
-                    dict.fromkeys(a for r in rows for a in r.keys.appointment_ids)
-                ),
-                query=filter_query(args),
-                count=len(rows),
-            )
+            # A search is an execute in IHE BALP ("Query").
+            AuditEvent("E", "engine messages", query=filter_query(args), **search_entities(rows))
         )
     details = [await store.get(r.id) for r in rows]
     deliveries = {

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from engine.store.base import MessageDetail, MessageRow
+from engine.store.base import MessageDetail, MessageFilter, MessageRow
 
 TimeText = Callable[[float], str]
 
@@ -22,6 +22,22 @@ def message_json(row: MessageRow, time_text: TimeText) -> dict[str, Any]:
     data = asdict(row)
     data["received"] = time_text(row.received_at)
     return data
+
+
+def filter_query(flt: MessageFilter) -> dict[str, Any]:
+    """The filter's set fields: what a search's audit record says was asked."""
+    return {k: v for k, v in asdict(flt).items() if v is not None}
+
+
+def search_entities(rows: list[MessageRow]) -> dict[str, Any]:
+    """What a search showed, for its audit record: the messages and, once each, the patients
+    and appointments they name, and how many."""
+    return {
+        "message_ids": tuple(r.id for r in rows),
+        "patient_ids": tuple(dict.fromkeys(p for r in rows for p in r.keys.patient_ids)),
+        "appointment_ids": tuple(dict.fromkeys(a for r in rows for a in r.keys.appointment_ids)),
+        "count": len(rows),
+    }
 
 
 def detail_json(detail: MessageDetail, time_text: TimeText) -> dict[str, Any]:
