@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import typing
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +39,7 @@ from engine.api.bodies import (
     text_of,
     time_of,
 )
+from engine.api.console import console_handlers
 from engine.api.openapi import document
 from engine.api.stats import (
     STATS_BUCKETS_DEFAULT,
@@ -50,10 +49,12 @@ from engine.api.stats import (
     activity_json,
 )
 from engine.fhir.rest import FhirAnswer, fail
+from engine.listeners.http import json_response
 from engine.listeners.http_auth import HttpAuth, actor
+from engine.listeners.http_routes import Handler
 from engine.runtime.health import live, ready
 from engine.runtime.replay import Replayer, ReplayPlan
-from engine.security.audit import Action
+from engine.security.audit import ACTIONS, Action
 from engine.security.identities import Identity
 from engine.security.permissions import GRANTS
 from engine.store.base import Resolution
@@ -64,8 +65,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("engine.api")
 
-Handler = Callable[[web.Request, Identity | None, str], Awaitable[web.Response]]
-
 REPLAY_MAX = 1000
 RESOLUTIONS: tuple[Resolution, ...] = typing.get_args(Resolution)
 
@@ -74,11 +73,11 @@ def iso(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")
 
 
-def answer(status: int, body: Any) -> web.Response:
-    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    return web.Response(status=status, body=data, headers={
-        "Content-Type": "application/json; charset=utf-8", "Server": "engine",
-        "Cache-Control": "no-store"})  # fmt: skip
+NO_STORE = {"Cache-Control": "no-store"}  # answers hold PHI: no cache keeps them
+
+
+def answer(status: int, body: dict[str, Any] | None) -> web.Response:
+    return json_response(status, body, NO_STORE, media="application/json")
 
 
 def problem(result: FhirAnswer) -> web.Response:
@@ -90,13 +89,13 @@ class AdminApi:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._replaying = asyncio.Lock()
+        self.replaying = asyncio.Lock()  # one replay at a time
 
     def handlers(self, auth: HttpAuth) -> dict[str, Handler]:
-        """The handlers of one listener, recording through its `auth` (whose audit
-        records name that listener's caller and address)."""
+        """The handlers of one listener (the admin API's and the console's), recording
+        through its `auth` (whose audit records name that listener's caller and address)."""
         bound = _Bound(self, auth)
-        return {
+        return console_handlers() | {
             "api.openapi": bound.openapi,
             "api.me": bound.me,
             "api.stats": bound.stats,
@@ -204,7 +203,7 @@ class _Bound:
     async def metrics(self, request: web.Request, _: Identity | None, __: str) -> web.Response:
         body, content_type = self.engine.metrics.render()
         return web.Response(status=200, body=body, headers={
-            "Content-Type": content_type, "Server": "engine", "Cache-Control": "no-store"})
+            **NO_STORE, "Content-Type": content_type, "Server": "engine"})
 
     async def live(self, request: web.Request, _: Identity | None, __: str) -> web.Response:
         ok, body = live()
@@ -347,9 +346,9 @@ class _Bound:
                 flt = message_filter({**spec, "limit": REPLAY_MAX + 1})
         except BadRequest as exc:
             return problem(fail(400, "invalid", str(exc)))
-        if self.api._replaying.locked():
+        if self.api.replaying.locked():
             return problem(fail(409, "conflict", "a replay is running; try again when it ends"))
-        async with self.api._replaying:
+        async with self.api.replaying:
             if not ids:
                 rows = await self.engine.store.search(flt)
                 # A duplicate or a replay is a copy of an original the filter finds too.
@@ -393,8 +392,8 @@ class _Bound:
             body = await json_object(request)
             only(body, {"patient", "user", "action", "since", "until", "limit"})
             action = text_of(body, "action")
-            if action is not None and action not in ("C", "R", "U", "D", "E"):
-                raise BadRequest("action: expected one of C, R, U, D, E")
+            if action is not None and action not in ACTIONS:
+                raise BadRequest(f"action: expected one of {', '.join(ACTIONS)}")
             filters = {
                 "patient": text_of(body, "patient"), "who": text_of(body, "user"),
                 "action": action, "since": time_of(body, "since"), "until": time_of(body, "until"),

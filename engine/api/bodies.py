@@ -10,6 +10,7 @@ learns is a filter the API (and its OpenAPI document) takes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -100,6 +101,7 @@ def limit_of(body: dict[str, Any]) -> int:
     return int_of(body, "limit", PAGE_DEFAULT, 1, PAGE_MAX)
 
 
+@functools.cache  # MessageFilter is fixed: its hints are read once, not on every search
 def filter_fields() -> dict[str, Any]:
     """MessageFilter's fields a request may set, with the JSON type each takes."""
     hints = typing.get_type_hints(MessageFilter)

@@ -11,15 +11,13 @@ framed, and sends no Referer.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from functools import cache
 from importlib import resources
 
 from aiohttp import web
 
+from engine.listeners.http_routes import Handler
 from engine.security.identities import Identity
-
-Handler = Callable[[web.Request, Identity | None, str], Awaitable[web.Response]]
 
 _TYPES = {
     ".html": "text/html; charset=utf-8",

@@ -8,6 +8,7 @@ that may call each operation are written into its description from the same tabl
 
 from __future__ import annotations
 
+import functools
 import typing
 from typing import Any
 
@@ -19,7 +20,9 @@ from engine.api.stats import (
     STATS_WINDOW_DEFAULT,
     STATS_WINDOW_MAX,
 )
+from engine.security.audit import ACTIONS
 from engine.security.permissions import GRANTS, HTTP_ROUTES, Permission, Route
+from engine.store.base import Resolution
 
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 _ID: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": MAX_ROW_ID}
@@ -108,12 +111,12 @@ OPERATIONS: dict[str, tuple[str, dict[str, Any] | None, dict[str, Any]]] = {
     "api.conflicts.resolve": (
         "Resolve a flagged appointment conflict (once): accepted, corrected or dismissed; "
         "open ones are a search with flagged: true, resolved: false",
-        _object(outcome={"enum": ["accepted", "corrected", "dismissed"]}),
+        _object(outcome={"enum": list(typing.get_args(Resolution))}),
         _object(message_id={"type": "integer"}, outcome={"type": "string"})),
     "api.audit.search": (
         "Search the audit trail, newest first",
         _object(patient={"type": "string"}, user={"type": "string"},
-                action={"enum": ["C", "R", "U", "D", "E"]}, since=_TIME, until=_TIME,
+                action={"enum": list(ACTIONS)}, since=_TIME, until=_TIME,
                 limit={"type": "integer", "minimum": 1, "maximum": PAGE_MAX}),
         _ANY_OBJECT),
 }  # fmt: skip
@@ -168,10 +171,17 @@ def _operation(route: Route) -> dict[str, Any]:
     return operation
 
 
-def document(server: str) -> dict[str, Any]:
+@functools.cache  # the routes are fixed: built once, not on every (public) request
+def _paths() -> dict[str, dict[str, Any]]:
     paths: dict[str, dict[str, Any]] = {}
     for route in ADMIN_ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    return paths
+
+
+def document(server: str) -> dict[str, Any]:
+    """The document; only its `servers` entry depends on the request."""
+    paths = _paths()
     return {
         "openapi": "3.1.0",
         "info": {"title": "engine admin API", "version": __version__},

@@ -38,13 +38,11 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from engine.api.console import console_handlers
 from engine.config.model import ListenerConfig
 from engine.fhir.capability import capability_statement
 from engine.fhir.outcome import Invalid, Issue, operation_outcome
@@ -53,11 +51,11 @@ from engine.fhir.validation import parse_appointment
 from engine.listeners.fhir_bundles import handle_bundle
 from engine.listeners.http_auth import HttpAuth
 from engine.listeners.http_gate import Door
-from engine.listeners.http_routes import RouteTable
+from engine.listeners.http_routes import Handler, RouteTable
 from engine.runtime.fhir_intake import FhirIntake, FhirRequest
 from engine.runtime.metrics import ListenerMetrics
 from engine.security.identities import Identity
-from engine.security.permissions import HTTP_ROUTES, allowed, only_cancel
+from engine.security.permissions import allowed, only_cancel, served_routes
 from engine.security.ratelimit import RequestLimits, Throttled
 from engine.security.tls import AllowList, fingerprint, peer_refusal, server_context
 
@@ -65,8 +63,6 @@ if TYPE_CHECKING:
     from engine.api.admin import AdminApi
 
 log = logging.getLogger("engine.listener")
-
-Handler = Callable[[web.Request, Identity | None, str], Awaitable[web.Response]]
 
 FHIR_JSON = "application/fhir+json"
 _JSON_TYPES = frozenset({FHIR_JSON, "application/json"})
@@ -76,7 +72,7 @@ _CHUNK = 64 * 1024
 
 
 def json_response(
-    status: int, body: dict[str, Any] | None, headers: dict[str, str]
+    status: int, body: dict[str, Any] | None, headers: dict[str, str], media: str = FHIR_JSON
 ) -> web.Response:
     # The default Server header names the Python and aiohttp versions: no help to clients,
     # some to an attacker.
@@ -87,7 +83,7 @@ def json_response(
     return web.Response(
         status=status,
         body=data,
-        headers={**headers, "Content-Type": f"{FHIR_JSON}; charset=utf-8"},
+        headers={**headers, "Content-Type": f"{media}; charset=utf-8"},
     )
 
 
@@ -141,9 +137,7 @@ class HttpListener:
         # Replaceable before or while serving (a test injects one with a fake clock).
         self.limits = RequestLimits(self.http.rate_limit)
         self.auth = auth or HttpAuth(config.name, None, None)
-        # The routes of what this listener serves; the credential routes on every one.
-        served = {"auth", *self.http.serve} | ({"console"} if "admin" in self.http.serve else set())
-        routes = [r for r in HTTP_ROUTES if r.service in served]
+        routes = served_routes(self.http.serve)
         self.routes = RouteTable(routes, self._base)
         self._handlers: dict[str, Handler] = {
             "auth.token": self._token,
@@ -162,7 +156,6 @@ class HttpListener:
         if "admin" in self.http.serve:
             assert admin is not None, "a listener serving admin needs the engine's admin API"
             self._handlers |= admin.handlers(self.auth)
-            self._handlers |= console_handlers()
         # A route without its handler, or a handler without a route (and so without a
         # permission), is a bug to catch at start, not on the first request.
         assert set(self._handlers) == {r.name for r in routes}

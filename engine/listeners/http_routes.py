@@ -7,9 +7,15 @@ one that matches with another method is a 405 naming the methods it has."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
+from aiohttp import web
+
+from engine.security.identities import Identity
 from engine.security.permissions import Route
+
+# What serves a route: the request, who made it (None on a public route), the path's {id}.
+Handler = Callable[[web.Request, Identity | None, str], Awaitable[web.Response]]
 
 _ID = "[^/]+"
 

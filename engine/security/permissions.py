@@ -19,6 +19,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -92,6 +93,15 @@ class Route:
         if head in ("auth", "console"):
             return head
         return "fhir" if head in ("fhir", "smart") else "admin"
+
+
+def served_routes(serve: Iterable[str]) -> list[Route]:
+    """The routes of a listener whose `serve:` is `serve`: the credential routes on every
+    one, the console wherever the admin API is."""
+    services = {"auth", *serve}
+    if "admin" in services:
+        services.add("console")
+    return [r for r in HTTP_ROUTES if r.service in services]
 
 
 HTTP_ROUTES: tuple[Route, ...] = (
