@@ -1,4 +1,6 @@
-"""Suite-wide hooks: the PHI scan of the whole session's logs (tests/phi_scan.py)."""
+"""Suite-wide hooks: the PHI scan of the whole session's logs (tests/phi_scan.py), and the
+fixtures more than one folder uses (the admin listener's `admin`, for the API and browser
+tests)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.phi_scan import PhiScanPlugin
+
+pytest_plugins = ["tests.integration.admin_support"]
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 

@@ -1,6 +1,6 @@
 """Real headless Chromium (Debian's `chromium`, /usr/bin/chromium) driven by Playwright,
 against a real engine in the test's event loop (the admin API fixture of
-tests/integration/test_admin_api.py: an MLLP feed, an admin listener, identities, audit).
+tests/integration/admin_support.py: an MLLP feed, an admin listener, identities, audit).
 
 Rules kept: Playwright's own browser download is never used (`make test` installs the
 Debian package, see the Makefile); the browser talks to nothing but 127.0.0.1 (no network
@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, async_playwright
-
-from tests.integration.test_admin_api import admin  # noqa: F401  (the engine under test)
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"

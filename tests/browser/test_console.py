@@ -16,8 +16,7 @@ from playwright.async_api import Browser, ConsoleMessage, Page, expect
 from engine.security import totp
 from engine.testing.fake_ehr import FakeEhr
 from tests.browser.conftest import screenshot_path
-from tests.integration.conftest import eventually
-from tests.integration.test_admin_api import PASSWORD, Admin, failed_queue
+from tests.integration.admin_support import PASSWORD, Admin, wait_failed
 
 EXPECTED_REFUSAL = re.compile(r"^Failed to load resource: .* status of 40[13] ")
 WAIT = 15_000  # ms: Playwright's expect polls until then (deliveries retry in the engine)
@@ -68,10 +67,7 @@ async def test_an_admin_retries_a_failed_delivery_and_watches_it_sent(
 ) -> None:
     await admin.send("FAIL0001")  # nothing listens on the EHR's port yet
 
-    async def failed() -> bool:  # it fails after its retry; the dashboard shows it then
-        return len(await failed_queue(admin)) == 1
-
-    await eventually(failed, what="the delivery failed")
+    await wait_failed(admin)  # it fails after its retry; the dashboard shows it then
     await log_in(admin, page, "root2", "admin")
     waiting = page.locator("[data-destination=clinic-ehr] .failed-count")
     await expect(waiting).to_have_text("1 failed deliveries waiting", timeout=WAIT)

@@ -28,7 +28,7 @@ from engine.security.identities import Identities
 from engine.security.identities_store import IdentityStore
 from engine.security.permissions import HTTP_ROUTES
 from tests.integration.cli_support import CLI_ENV, free_ports
-from tests.integration.conftest import channel, sample, write_channels
+from tests.integration.conftest import SAMPLES, channel, write_channels
 
 PASSWORD = "correct horse battery staple"
 
@@ -78,7 +78,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         _wait(mllp, proc, log)
         send = subprocess.run(
             [sys.executable, "-m", "engine", "send", "--port", str(mllp),
-             str(_sample(root))], env=env, capture_output=True, timeout=60)  # fmt: skip
+             str(SAMPLES / "siu_s12_new_patient.hl7")],
+            env=env, capture_output=True, timeout=60)  # fmt: skip
         assert send.returncode == 0, send
         origin = f"http://127.0.0.1:{http}"
         answer = requests.post(f"{origin}/auth/login", timeout=30, json={
@@ -92,12 +93,6 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         proc.terminate()
         proc.wait(30)
     assert "Traceback" not in log.read_text()
-
-
-def _sample(root: Path) -> Path:
-    path = root / "one.hl7"
-    path.write_bytes(sample("siu_s12_new_patient.hl7"))
-    return path
 
 
 @pytest.mark.parametrize("label", [
