@@ -16,7 +16,7 @@ from typing import TypeVar
 from engine.config import ConfigError, load
 from engine.config import store_url as config_store_url
 from engine.config.model import EngineConfig, SecurityConfig
-from engine.store import open_store
+from engine.store import open_store, sqlite_file
 from engine.store.base import Store
 from engine.store.sqlite_schema import StoreSchemaError
 
@@ -59,12 +59,18 @@ def routes_security(routes: Path) -> SecurityConfig:
     return _read(routes, read, "configuration is not valid")
 
 
+def existing_store_file(url: str) -> Path | None:
+    """The store's file when it is SQLite (None otherwise); a CommandError when it does not
+    exist yet, as a command reading it has nothing to read."""
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        raise CommandError(f"no store at {path} yet (start the engine first)")
+    return path
+
+
 async def open_for(routes: Path, store: str | None = None) -> Store:
     url = store or store_url(routes)
-    if url.startswith("sqlite:") and not Path(url.removeprefix("sqlite:")).exists():
-        raise CommandError(
-            f"no store at {url.removeprefix('sqlite:')} yet (start the engine first)"
-        )
+    existing_store_file(url)
     opened = open_store(url, routes_security(routes).encryption)
     try:
         await opened.open()

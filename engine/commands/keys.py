@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from engine.commands.audit import cli_hook
-from engine.commands.common import CommandError, routes_security, store_url
+from engine.commands.common import (
+    CommandError,
+    existing_store_file,
+    routes_security,
+    store_url,
+)
 from engine.commands.output import dump_json, table
 from engine.security.atrest import AtRestError, KeyRing, new_key_line
 from engine.security.audit import Actor, AuditEvent
@@ -66,12 +71,9 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def _open(routes: Path) -> sqlite3.Connection:
-    url = store_url(routes)
-    if not url.startswith("sqlite:"):
+    path = existing_store_file(store_url(routes))
+    if path is None:
         raise CommandError("engine keys works on a SQLite store (store: sqlite:<path>)")
-    path = Path(url.removeprefix("sqlite:"))
-    if not path.exists():
-        raise CommandError(f"no store at {path} yet (start the engine first)")
     try:
         return connect(path, busy_timeout=30.0)
     except sqlite3.Error as exc:

@@ -17,6 +17,7 @@ it afterwards (a message that started on the old configuration) brings it back u
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -39,9 +40,7 @@ DestinationFactory = Callable[[DestinationConfig], Destination]
 def same_destination(a: DestinationConfig, b: DestinationConfig) -> bool:
     """Whether a reload can keep the running destination: everything but where it was
     written (`pos`) is the same."""
-    return (a.channel, a.kind, a.options, a.retry, a.order_by) == (
-        b.channel, b.kind, b.options, b.retry, b.order_by
-    )  # fmt: skip
+    return dataclasses.replace(b, pos=a.pos) == a
 
 
 @dataclass(frozen=True)

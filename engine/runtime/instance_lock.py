@@ -15,6 +15,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from engine.store import sqlite_file
+
 
 class AlreadyRunning(RuntimeError):
     pass
@@ -28,10 +30,8 @@ class InstanceLock:
     @classmethod
     def for_store(cls, url: str) -> InstanceLock | None:
         """The lock for a `sqlite:` store; None for stores shared by several engines."""
-        if not url.startswith("sqlite:"):
-            return None
-        database = Path(url.removeprefix("sqlite:"))
-        return cls(database.with_name(database.name + ".engine-lock"))
+        database = sqlite_file(url)
+        return None if database is None else cls(database.with_name(database.name + ".engine-lock"))
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,12 +24,13 @@ Rules kept:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.config.model import EngineConfig, ListenerConfig, SecurityConfig
+from engine.config.model import EngineConfig, SecurityConfig
 from engine.pipeline.channel import CompiledChannel
 from engine.runtime import config_files
 from engine.runtime.sync_failed import SyncFailedEvents
@@ -115,10 +116,6 @@ def prepare(routes_file: Path) -> Prepared:
     return Prepared(config, compile_config(config), digests)
 
 
-def _listener(cfg: ListenerConfig) -> tuple[object, ...]:
-    return (cfg.mllp, cfg.http, cfg.ack, cfg.ack_timeout)
-
-
 def _security(cfg: SecurityConfig) -> tuple[object, ...]:
     ring = cfg.encryption
     # Keys by what they do, never their bytes: a key replaced under the same id differs too.
@@ -138,7 +135,7 @@ def needs_restart(old: EngineConfig, new: EngineConfig) -> list[str]:
             found.append(f"listener {name} added: listeners are bound at start")
         elif after is None:
             found.append(f"listener {name} removed: listeners are bound at start")
-        elif _listener(before) != _listener(after):
+        elif dataclasses.replace(after, pos=before.pos) != before:  # all but where written
             found.append(f"listener {name} changed: listeners are bound at start")
     if _security(old.security) != _security(new.security):
         found.append("security: profile, lockout, alerts and at-rest keys are read at start")

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.store import sqlite_file
+
 STALE_ANSWER = 3600.0  # an answer nobody collected (its CLI gave up) is removed after this
 
 
@@ -30,10 +32,8 @@ class ReloadRequests:
     @classmethod
     def for_store(cls, url: str) -> ReloadRequests | None:
         """The folder of a `sqlite:` store; None for a store with no file."""
-        if not url.startswith("sqlite:") or url in ("sqlite:", "sqlite::memory:"):
-            return None
-        database = Path(url.removeprefix("sqlite:"))
-        return cls(database.with_name(database.name + ".reload"))
+        database = sqlite_file(url)
+        return None if database is None else cls(database.with_name(database.name + ".reload"))
 
     # ---------------------------------------------------------------- the CLI's side
 

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
+from engine.store import sqlite_file
+
 ENV: dict[str, str] = {"audit": "ENGINE_AUDIT_DB", "identities": "ENGINE_IDENTITIES_DB"}
 
 
@@ -25,9 +27,9 @@ def security_file(
     env = os.environ if environ is None else environ
     if env.get(ENV[kind]):
         return Path(env[ENV[kind]])
-    if not store_url.startswith("sqlite:"):
+    database = sqlite_file(store_url)
+    if database is None:
         raise LocationError(
             f"the store is not a SQLite file: name the {kind} file with ${ENV[kind]}"
         )
-    path = store_url.removeprefix("sqlite:")
-    return Path(f"{path[2:] if path.startswith('//') else path}.{kind}.db")
+    return database.with_name(f"{database.name}.{kind}.db")

@@ -35,7 +35,7 @@ from engine.store.base import (
     NewAppointmentVersion,
     StaleJudgement,
 )
-from engine.store.sqlite_schema import sealer_of
+from engine.store.sqlite_schema import next_id, sealer_of
 
 _DISPOSITIONS: Final = frozenset(get_args(AppointmentDisposition))
 
@@ -61,7 +61,6 @@ _DELETE_ACTORS: Final = "DELETE FROM appointment_actors WHERE key = ?"
 _INSERT_ACTOR: Final = (
     'INSERT INTO appointment_actors (actor, key, start, "end") VALUES (?, ?, ?, ?)'
 )
-_NEXT_VERSION_ID: Final = "SELECT COALESCE(MAX(id), 0) + 1 FROM appointment_versions"
 _INSERT_VERSION: Final = f"""INSERT INTO appointment_versions (id, {_VERSION_COLUMNS})
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 # Half-open overlap: [s, e) and [start, end) overlap iff s < end and e > start.
@@ -154,7 +153,7 @@ def record(
         cur.execute(_DELETE_ACTORS, (v.key,))
         _insert_actors(cur, v)
     # Inside the writer's transaction no one else inserts: this is the id SQLite would pick.
-    (version_id,) = cur.execute(_NEXT_VERSION_ID).fetchone()
+    version_id = next_id(cur, "appointment_versions")
     cur.execute(
         _INSERT_VERSION,
         (version_id, v.key, message_id, now, number, v.disposition, v.change, v.status,

@@ -336,3 +336,10 @@ def prepare(
         return migrate(conn, migrations)
     finally:
         conn.close()
+
+
+def next_id(cur: sqlite3.Cursor, table: str) -> int:
+    # Inside BEGIN IMMEDIATE no other process can insert, so max+1 is exactly the id SQLite
+    # would assign itself (INTEGER PRIMARY KEY without AUTOINCREMENT).
+    (top,) = cur.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()
+    return int(top) + 1

@@ -26,7 +26,7 @@ from engine.store.base import (
     ResolveOutcome,
 )
 from engine.store.sqlite_queries import DELIVERY_COLUMNS, delivery_from_row
-from engine.store.sqlite_schema import keeps_hours, sealer_of
+from engine.store.sqlite_schema import keeps_hours, next_id, sealer_of
 
 KEY_SEPARATOR: Final = "\x1f"  # ASCII unit separator: cannot occur in an HL7 or FHIR id
 
@@ -94,13 +94,6 @@ def ingest_all(conn: sqlite3.Connection, arg: tuple[list[Ingest], float]) -> lis
     return ingest_many(conn, [(item, now) for item in items])
 
 
-def _next_id(cur: sqlite3.Cursor, table: str) -> int:
-    # Inside BEGIN IMMEDIATE no other process can insert, so max+1 is exactly the id SQLite
-    # would assign itself (INTEGER PRIMARY KEY without AUTOINCREMENT).
-    (top,) = cur.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()
-    return int(top) + 1
-
-
 def _hour_of(received_at: float) -> float:
     """The message_hours row of a time, as SQLite's CAST(t / 3600 AS INTEGER) finds it: both
     truncate the same IEEE quotient (a time that is not finite is a group of its own)."""
@@ -115,9 +108,9 @@ def ingest_many(conn: sqlite3.Connection, args: list[tuple[Ingest, float]]) -> l
     batch costs a handful of statements instead of several per message."""
     cur = conn.cursor()
     seal = sealer_of(conn)
-    message_id = _next_id(cur, "messages")
-    delivery_id = _next_id(cur, "deliveries")
-    result_id = _next_id(cur, "channel_results")
+    message_id = next_id(cur, "messages")
+    delivery_id = next_id(cur, "deliveries")
+    result_id = next_id(cur, "channel_results")
     messages: list[tuple[object, ...]] = []
     keys: list[tuple[str, str | bytes, int]] = []
     results: list[tuple[object, ...]] = []
@@ -232,7 +225,7 @@ def add_deliveries(
     for channel, output, result_id in rows_found:
         if channel not in outputs:  # the first result, as the read path picks it
             outputs[channel] = seal.open("channel_results", "output", result_id, output)
-    first = _next_id(cur, "deliveries")
+    first = next_id(cur, "deliveries")
     rows = []
     for offset, d in enumerate(new):
         output = outputs.get(d.channel)
@@ -252,7 +245,7 @@ def record_attempt_many(conn: sqlite3.Connection, args: list[tuple[Attempt, floa
     """`record_attempt` for a whole batch (see `ingest_many` for why)."""
     cur = conn.cursor()
     seal = sealer_of(conn)
-    first = _next_id(cur, "attempts")
+    first = next_id(cur, "attempts")
     cur.executemany(
         _INSERT_ATTEMPT,
         [
