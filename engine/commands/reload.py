@@ -20,10 +20,16 @@ from typing import TextIO
 from engine.commands.audit import cli_hook
 from engine.commands.common import CommandError
 from engine.commands.credentials import CliCaller
-from engine.config import ConfigError, load
+from engine.config import ConfigError
 from engine.config.check import problem_lines
 from engine.runtime.instance_lock import InstanceLock
-from engine.runtime.reload import FAILED, ReloadResult, problem_count, refused
+from engine.runtime.reload import (
+    FAILED,
+    ReloadResult,
+    load_and_compile,
+    problem_count,
+    refused,
+)
 from engine.runtime.reload_control import ReloadRequests
 
 POLL = 0.05  # seconds between looks for the engine's answer
@@ -34,10 +40,7 @@ def run(args: argparse.Namespace, caller: CliCaller, out: TextIO) -> int:
     if not args.config.exists():
         raise CommandError(f"{args.config}: no such configuration file (use --config PATH)")
     try:
-        config = load(args.config)
-        from engine.runtime.engine import compile_config
-
-        compile_config(config)
+        config, _ = load_and_compile(args.config)
     except ConfigError as exc:
         lines = problem_lines(exc)
         audit(refused(f"{problem_count(len(lines))}, found by engine reload").audit_event("cli"))

@@ -258,7 +258,8 @@ class _Loading:
             if block.get("auth") == "none" and security.production:
                 self._problem(doc.at((*path, kind, "auth")), "auth: none is for the "
                               "development profile only (security: {profile: development})")
-            block["serve"] = tuple(block.get("serve", ("fhir",)))
+            if "serve" in block:
+                block["serve"] = tuple(block["serve"])
         block["tls"] = semantic.listener_tls(doc, (*path, kind), block, self.problems)
         return ListenerConfig(
             name=name,

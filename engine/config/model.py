@@ -85,6 +85,9 @@ class RateLimit:
     per_client: Rate | None = None
 
 
+DEFAULT_SERVE: tuple[str, ...] = ("fhir",)  # what an HTTP listener serves unless it says
+
+
 @dataclass(frozen=True)
 class HttpListenerConfig:
     """A FHIR REST endpoint: `path` is the FHIR base (`/fhir` serves `/fhir/Appointment`).
@@ -103,7 +106,7 @@ class HttpListenerConfig:
     auth: Literal["required", "none"] = "required"
     # `fhir`: the FHIR API, fed to the listener's route; `admin`: the admin API and console,
     # /metrics and /health (engine.api). A listener serving only `admin` has no route.
-    serve: tuple[str, ...] = ("fhir",)
+    serve: tuple[str, ...] = DEFAULT_SERVE
 
     @property
     def fhir(self) -> bool:

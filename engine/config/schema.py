@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from engine.config.units import DURATION, PATH, SIZE
+from engine.security.atrest import KEY_ID_PATTERN
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 NAME: dict[str, Any] = {
@@ -171,7 +172,7 @@ LISTENER = _closed(
 
 _KEY_ID: dict[str, Any] = {
     "type": "string",
-    "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$",  # engine.security.atrest.KEY_ID_PATTERN
+    "pattern": KEY_ID_PATTERN,
     "x-expected": "a key id of 1-32 letters, digits, '_', '.' or '-' (not starting with one"
     " of '_.-')",
 }

@@ -18,6 +18,7 @@ from typing import Any
 
 from engine.config.errors import ConfigProblem
 from engine.config.model import (
+    DEFAULT_SERVE,
     ChannelTest,
     ClientTls,
     Condition,
@@ -267,8 +268,8 @@ def _takes_messages(spec: Any) -> bool:
     http = spec.get("http") if isinstance(spec, dict) else None
     if not isinstance(http, dict):
         return True
-    serve = http.get("serve", ["fhir"])
-    return not isinstance(serve, list) or "fhir" in serve
+    serve = http.get("serve", DEFAULT_SERVE)
+    return not isinstance(serve, (list, tuple)) or "fhir" in serve
 
 
 def listener_ports(listeners: Iterable[ListenerConfig], problems: list[ConfigProblem]) -> None:

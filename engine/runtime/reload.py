@@ -105,15 +105,20 @@ class Prepared:
     digests: dict[str, bytes]
 
 
-def prepare(routes_file: Path) -> Prepared:
-    """Load and compile (blocking: run it off the event loop). Raises ConfigError with every
-    problem, or what compiling raised."""
+def load_and_compile(routes_file: Path) -> tuple[EngineConfig, dict[str, CompiledChannel]]:
+    """The configuration checked as `engine check` does, and its channels compiled (blocking).
+    Raises ConfigError with every problem, or what compiling raised."""
     from engine.config.loader import load
     from engine.runtime.engine import compile_config
 
-    digests = config_files.digests(routes_file)
     config = load(routes_file)
-    return Prepared(config, compile_config(config), digests)
+    return config, compile_config(config)
+
+
+def prepare(routes_file: Path) -> Prepared:
+    """`load_and_compile` with the files' digests (run it off the event loop)."""
+    digests = config_files.digests(routes_file)
+    return Prepared(*load_and_compile(routes_file), digests)
 
 
 def _security(cfg: SecurityConfig) -> tuple[object, ...]:

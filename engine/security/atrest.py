@@ -220,10 +220,6 @@ class RowSealer:
 
     ring: KeyRing | None = None
 
-    @property
-    def active(self) -> bool:
-        return self.ring is not None
-
     def seal(self, table: str, column: str, row: object, value: bytes) -> bytes:
         if self.ring is None:
             return value
